@@ -1,0 +1,113 @@
+//! The agent's configuration file (TOML). Each role has its own section; unknown keys are
+//! errors so a typo never silently falls back to a default.
+
+use crate::dataplane::XdpModeArg;
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Directory on the BPF filesystem for pinned maps and links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Interfaces the XDP program is attached to at start-up.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpModeArg,
+    /// Detach the programs when the daemon stops. Off by default: forwarding stays up across
+    /// agent restarts and upgrades.
+    #[serde(default)]
+    pub detach_on_exit: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            pin_dir: default_pin_dir(),
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeArg::Auto,
+            detach_on_exit: false,
+        }
+    }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(exitd_common::PIN_ROOT)
+}
+
+impl Config {
+    /// Parses a configuration from TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let config: Config =
+            toml::from_str(text).with_context(|| format!("invalid configuration in {origin}"))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid configuration in {origin}"))?;
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> Result<()> {
+        for name in &self.dataplane.interfaces {
+            crate::iface::validate_name(name).context("dataplane.interfaces")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("", "test").unwrap();
+        assert_eq!(config.dataplane.pin_dir, PathBuf::from("/sys/fs/bpf/exitd"));
+        assert!(config.dataplane.interfaces.is_empty());
+        assert!(!config.dataplane.detach_on_exit);
+    }
+
+    #[test]
+    fn dataplane_section_is_read() {
+        let config = Config::parse(
+            "[dataplane]\ninterfaces = [\"eth1\"]\nxdp_mode = \"generic\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(config.dataplane.interfaces, vec!["eth1".to_string()]);
+        assert_eq!(config.dataplane.xdp_mode, XdpModeArg::Generic);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = Config::parse("[dataplane]\ninterface = [\"eth1\"]\n", "exitd.toml").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("exitd.toml") && text.contains("interface"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_interface_names_are_errors() {
+        let err =
+            Config::parse("[dataplane]\ninterfaces = [\"much-too-long-name\"]\n", "t").unwrap_err();
+        assert!(format!("{err:#}").contains("at most 15"), "{err:#}");
+    }
+}

@@ -1,0 +1,43 @@
+//! `exitd run`: the long-running agent. For now it brings up the data plane from the
+//! configuration and waits for a signal; later roles (reconciler, broker, cluster) start here.
+
+use crate::{
+    config::Config,
+    dataplane::{self, AttachOutcome, PinDir},
+};
+use anyhow::Result;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let pins = PinDir::new(&config.dataplane.pin_dir);
+    for ifname in &config.dataplane.interfaces {
+        match dataplane::attach_xdp(&pins, ifname, config.dataplane.xdp_mode)? {
+            AttachOutcome::Attached { ifindex } => {
+                tracing::info!(ifname, ifindex, "data plane attached")
+            }
+            AttachOutcome::AlreadyAttached { ifindex } => {
+                tracing::info!(ifname, ifindex, "data plane already attached; reusing it")
+            }
+        }
+    }
+    tracing::info!(
+        interfaces = config.dataplane.interfaces.len(),
+        "exitd running"
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    if config.dataplane.detach_on_exit {
+        for ifname in &config.dataplane.interfaces {
+            dataplane::detach_xdp(&pins, ifname)?;
+        }
+        tracing::info!("data plane detached");
+    } else {
+        tracing::info!("leaving the data plane attached; forwarding continues");
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Attaching and detaching XDP programs through pinned bpf_links.
+
+use super::{OBJECT, PinDir, XDP_COUNT};
+use crate::iface;
+use anyhow::{Context, Result, bail};
+use aya::{
+    EbpfLoader,
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpMode,
+    },
+};
+use exitd_common::IFACE_COUNTERS_MAP;
+use std::{fs, path::PathBuf};
+
+/// XDP attachment mode as an operator chooses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    /// Native (driver) mode where the driver supports it, generic mode otherwise.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fails on drivers without XDP support.
+    Native,
+    /// Generic (skb) mode: works on every device, slower.
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpMode {
+    fn from(mode: XdpModeArg) -> XdpMode {
+        match mode {
+            XdpModeArg::Auto => XdpMode::Default,
+            XdpModeArg::Native => XdpMode::Driver,
+            XdpModeArg::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// What `attach_xdp` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    Attached { ifindex: u32 },
+    AlreadyAttached { ifindex: u32 },
+}
+
+/// A pinned XDP attachment found in the pin directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// False when the interface was deleted or recreated since: the link is defunct.
+    pub live: bool,
+    #[serde(skip)]
+    pin: PathBuf,
+}
+
+/// Pin file name of an XDP link: interface name and index, so a link left behind by an
+/// interface that was deleted and recreated (new index) is recognised as stale. The BPF
+/// filesystem refuses names containing '.', which interface names may contain (VLANs such as
+/// `eth0.100`); ':' never appears in an interface name, so it stands in for the dot.
+fn link_file_name(ifname: &str, ifindex: u32) -> String {
+    format!("xdp@{}@{ifindex}", ifname.replace('.', ":"))
+}
+
+fn parse_link_file_name(file: &str) -> Option<(String, u32)> {
+    let (name, index) = file.strip_prefix("xdp@")?.rsplit_once('@')?;
+    Some((name.replace(':', "."), index.parse().ok()?))
+}
+
+/// All XDP attachments pinned in `pins`, sorted by interface name.
+pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
+    let dir = pins.links_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let file = entry.file_name();
+        let Some((ifname, ifindex)) = file.to_str().and_then(parse_link_file_name) else {
+            continue;
+        };
+        let live = iface::index_of(&ifname).ok() == Some(ifindex);
+        found.push(Attachment {
+            ifname,
+            ifindex,
+            live,
+            pin: entry.path(),
+        });
+    }
+    found.sort_by(|a, b| a.ifname.cmp(&b.ifname).then(a.ifindex.cmp(&b.ifindex)));
+    Ok(found)
+}
+
+/// Attaches the counting XDP program to `ifname` and pins the link, unless it is attached
+/// already. Stale pins of a recreated interface of the same name are removed first.
+pub fn attach_xdp(pins: &PinDir, ifname: &str, mode: XdpModeArg) -> Result<AttachOutcome> {
+    let ifindex = iface::index_of(ifname)?;
+    pins.ensure()?;
+    for old in attachments(pins)?
+        .into_iter()
+        .filter(|a| a.ifname == ifname)
+    {
+        if old.live {
+            return Ok(AttachOutcome::AlreadyAttached { ifindex });
+        }
+        tracing::info!(
+            ifname,
+            old_ifindex = old.ifindex,
+            "removing stale XDP link pin"
+        );
+        unpin(&old)?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(IFACE_COUNTERS_MAP, pins.map(IFACE_COUNTERS_MAP))
+        .load(OBJECT)
+        .context(
+            "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
+        )?;
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_COUNT)
+        .with_context(|| format!("the eBPF object has no program {XDP_COUNT}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel refused to load {XDP_COUNT}"))?;
+    let link_id = program
+        .attach_to_if_index(ifindex, mode.into())
+        .with_context(|| format!("cannot attach {XDP_COUNT} to {ifname} in {mode:?} mode"))?;
+    pin_link(program, link_id, pins, ifname, ifindex)?;
+    tracing::info!(ifname, ifindex, ?mode, "attached {XDP_COUNT}");
+    Ok(AttachOutcome::Attached { ifindex })
+}
+
+fn pin_link(
+    program: &mut Xdp,
+    link_id: aya::programs::xdp::XdpLinkId,
+    pins: &PinDir,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<()> {
+    let link = program.take_link(link_id)?;
+    let fd_link = FdLink::try_from(link).context(
+        "the kernel attached XDP without a bpf_link (kernel older than 5.9?): \
+         the attachment cannot be pinned",
+    )?;
+    let path = pins.links_dir().join(link_file_name(ifname, ifindex));
+    fd_link
+        .pin(&path)
+        .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
+    Ok(())
+}
+
+fn unpin(attachment: &Attachment) -> Result<()> {
+    let link = PinnedLink::from_pin(&attachment.pin)
+        .with_context(|| format!("cannot open pinned link {}", attachment.pin.display()))?;
+    // Dropping the last reference to the link detaches the program.
+    drop(
+        link.unpin()
+            .with_context(|| format!("cannot remove {}", attachment.pin.display()))?,
+    );
+    Ok(())
+}
+
+/// Detaches exitd's XDP program from `ifname`.
+pub fn detach_xdp(pins: &PinDir, ifname: &str) -> Result<()> {
+    iface::validate_name(ifname)?;
+    let matching: Vec<_> = attachments(pins)?
+        .into_iter()
+        .filter(|a| a.ifname == ifname)
+        .collect();
+    if matching.is_empty() {
+        bail!(
+            "no exitd XDP program is attached to {ifname:?} (nothing pinned in {})",
+            pins.links_dir().display()
+        );
+    }
+    for attachment in &matching {
+        unpin(attachment)?;
+        tracing::info!(ifname, ifindex = attachment.ifindex, "detached");
+    }
+    Ok(())
+}
+
+/// Detaches every pinned XDP program and removes the pinned maps; returns the interfaces.
+pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
+    let mut detached = Vec::new();
+    for attachment in attachments(pins)? {
+        unpin(&attachment)?;
+        detached.push(attachment.ifname);
+    }
+    let counters = pins.map(IFACE_COUNTERS_MAP);
+    match fs::remove_file(&counters) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", counters.display())),
+    }
+    Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_file_names_round_trip() {
+        let file = link_file_name("veth-1abc-1", 42);
+        assert_eq!(file, "xdp@veth-1abc-1@42");
+        assert_eq!(
+            parse_link_file_name(&file),
+            Some(("veth-1abc-1".to_string(), 42))
+        );
+    }
+
+    #[test]
+    fn dotted_interface_names_get_no_dot_in_the_pin() {
+        let file = link_file_name("eth0.100", 7);
+        assert!(!file.contains('.'), "bpffs refuses dots: {file}");
+        assert_eq!(
+            parse_link_file_name(&file),
+            Some(("eth0.100".to_string(), 7))
+        );
+    }
+
+    #[test]
+    fn foreign_files_are_not_links() {
+        assert_eq!(parse_link_file_name("IFACE_COUNTERS"), None);
+        assert_eq!(parse_link_file_name("xdp@eth0@x"), None);
+        assert_eq!(parse_link_file_name("eth0@3"), None);
+    }
+}

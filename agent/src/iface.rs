@@ -1,0 +1,85 @@
+//! Network interface names and indexes in the current network namespace.
+
+use anyhow::{Result, bail};
+use std::ffi::{CStr, CString};
+
+/// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks that `name` can be a Linux interface name, saying what is wrong if not.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!("interface name is empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        bail!(
+            "interface name {name:?} is {} bytes; Linux allows at most {MAX_IFNAME_LEN}",
+            name.len()
+        );
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', '\0'])
+        || name.contains(char::is_whitespace)
+    {
+        bail!("interface name {name:?} contains characters Linux does not allow");
+    }
+    Ok(())
+}
+
+/// The ifindex of `name` in this network namespace, with an error naming the interface.
+pub fn index_of(name: &str) -> Result<u32> {
+    validate_name(name)?;
+    let c_name = CString::new(name)?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        bail!("interface {name:?} does not exist in this network namespace");
+    }
+    Ok(index)
+}
+
+/// The name of interface `index` in this network namespace, if it still exists.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: on success if_indextoname wrote a NUL-terminated name into `buf`.
+    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_longer_than_15_bytes_are_refused() {
+        assert!(validate_name("veth-1abc-12345").is_ok());
+        let err = validate_name("veth-1abc-123456").unwrap_err().to_string();
+        assert!(err.contains("16 bytes"), "{err}");
+    }
+
+    #[test]
+    fn names_with_slash_or_space_are_refused() {
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("..").is_err());
+    }
+
+    #[test]
+    fn loopback_resolves_both_ways() {
+        let index = index_of("lo").expect("every namespace has lo");
+        assert_eq!(name_of(index).as_deref(), Some("lo"));
+    }
+
+    #[test]
+    fn missing_interface_is_named_in_the_error() {
+        let err = index_of("nosuchif0").unwrap_err().to_string();
+        assert!(err.contains("\"nosuchif0\" does not exist"), "{err}");
+    }
+}

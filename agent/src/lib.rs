@@ -1,0 +1,8 @@
+//! exitd: turns a Linux box with a routed IPv6 /48 into an exit node.
+//!
+//! The binary (`src/main.rs`) is a thin command-line front end over these modules.
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod iface;

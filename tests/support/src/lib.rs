@@ -1,0 +1,52 @@
+//! Test harness for exitd: RAII network namespaces and veth links that are removed even when
+//! a test panics, pin directories on the BPF filesystem, a BPF_PROG_TEST_RUN helper and
+//! hand-built packets. Names are unique per process and call, so tests run in parallel.
+//!
+//! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF), as CI has.
+
+pub mod netns;
+pub mod packet;
+pub mod pins;
+pub mod testrun;
+
+pub use netns::{NetNs, veth_pair};
+pub use pins::TestPins;
+pub use testrun::{XdpRun, run_xdp};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A short name unique to this process and call: `{prefix}{pid % 100000}x{n}`.
+///
+/// Kept short because interface names derived from it must fit in 15 bytes.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Fails with a clear message when not running as root, which every netns/BPF test needs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, BPF); run it as root, as CI does"
+    );
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn poll_until<T>(
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

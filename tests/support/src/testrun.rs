@@ -1,0 +1,38 @@
+//! Running a loaded program on a hand-built packet with BPF_PROG_TEST_RUN.
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+
+/// The result of one test run of an XDP program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpRun {
+    /// The XDP action the program returned (`XDP_PASS` = 2, …).
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+/// XDP verdicts, named.
+pub mod verdict {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+}
+
+/// Runs a loaded XDP program once on `packet`. Map state is whatever the program's maps hold
+/// afterwards: read it through the `aya::Ebpf` the program came from.
+pub fn run_xdp(program: &Xdp, packet: &[u8]) -> Result<XdpRun> {
+    // Room for programs that grow the packet (bpf_xdp_adjust_head/tail).
+    let mut out = vec![0u8; packet.len() + 512];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(XdpRun {
+        verdict: result.return_value,
+        packet: out,
+    })
+}
