@@ -10,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
+    // Handlers first: a SIGTERM during start-up must take the graceful path, not kill us.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let pins = PinDir::new(&config.dataplane.pin_dir);
     for ifname in &config.dataplane.interfaces {
         match dataplane::attach_xdp(&pins, ifname, config.dataplane.xdp_mode)? {
@@ -25,8 +28,6 @@ pub async fn run(config: Config) -> Result<()> {
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"
     );
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

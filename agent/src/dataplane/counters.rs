@@ -50,7 +50,7 @@ pub fn read_iface_counters(pins: &PinDir) -> Result<Vec<IfaceCounters>> {
             .collect();
         let total = values
             .iter()
-            .fold(Counters::default(), |sum, c| sum.add(*c));
+            .fold(Counters::default(), |sum, c| sum + *c);
         all.push(IfaceCounters {
             ifindex,
             ifname: iface::name_of(ifindex),

@@ -22,9 +22,11 @@ pub struct Counters {
     pub bytes: u64,
 }
 
-impl Counters {
-    /// Sum of two counters (used to fold the per-CPU values).
-    pub fn add(self, other: Counters) -> Counters {
+/// Sum of two counters (used to fold the per-CPU values); wraps like the kernel's counters.
+impl core::ops::Add for Counters {
+    type Output = Counters;
+
+    fn add(self, other: Counters) -> Counters {
         Counters {
             packets: self.packets.wrapping_add(other.packets),
             bytes: self.bytes.wrapping_add(other.bytes),

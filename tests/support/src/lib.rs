@@ -7,10 +7,12 @@
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod tempfile;
 pub mod testrun;
 
 pub use netns::{NetNs, veth_pair};
 pub use pins::TestPins;
+pub use tempfile::TempFile;
 pub use testrun::{XdpRun, run_xdp};
 
 use std::sync::atomic::{AtomicU32, Ordering};
