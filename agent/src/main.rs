@@ -31,6 +31,8 @@ enum Command {
     /// Attach, detach and inspect the eBPF data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Show the network derived from the configuration: links, addresses, routes, peers, NAT.
+    Plan(exitd::plan::cli::PlanArgs),
 }
 
 #[derive(Args)]
@@ -105,6 +107,7 @@ fn dispatch(command: Command) -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(exitd::daemon::run(config))
         }
         Command::Dataplane(cmd) => dataplane_command(cmd),
+        Command::Plan(args) => exitd::plan::cli::run(args),
     }
 }
 

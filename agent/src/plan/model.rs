@@ -1,0 +1,179 @@
+//! The derived plan: every link, address, route, WireGuard peer, NAT rule and data-plane
+//! entry of one exit node. Serialises to JSON with addresses and prefixes as strings.
+
+use super::input::Protocol;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub allocation: Ipv6Net,
+    pub exit_node: u8,
+    pub alloc_nr: u32,
+    /// The /52 this exit node routes: `P:{x}000::/52`.
+    pub exit_node_net: Ipv6Net,
+    pub upstream: UpstreamPlan,
+    pub gateway: NamespacePlan,
+    /// One per tenant network, sorted by the ExitPoint's nibble.
+    pub exitpoints: Vec<ExitPointPlan>,
+    pub dataplane: DataplanePlan,
+    /// Not errors, but worth an operator's attention (the seed's 2,000-route advice).
+    pub warnings: Vec<String>,
+}
+
+/// What the operator configures on the upstream router: its addresses on PrefixZero and one
+/// static route per enabled exit node.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpstreamPlan {
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<UpstreamRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpstreamRoute {
+    pub exit_node: u8,
+    pub dest: Ipv6Net,
+    /// GWPubLL of that exit node's gateway.
+    pub via: Ipv6Addr,
+    /// Its GWPubIP6, for routers that want a global next hop.
+    pub via_global: Ipv6Addr,
+}
+
+/// A network namespace exitd owns, with everything that belongs in it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NamespacePlan {
+    pub name: String,
+    pub links: Vec<LinkPlan>,
+    pub routes: Vec<RoutePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LinkPlan {
+    pub name: String,
+    pub kind: LinkKind,
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LinkKind {
+    /// The physical uplink; `source` is its name in exitd's own namespace before it moves.
+    Uplink {
+        source: Option<String>,
+    },
+    /// A veth created from this side; its peer lives in `peer_namespace`.
+    Veth {
+        peer: String,
+        peer_namespace: String,
+    },
+    /// The far end of a veth created by the namespace `peer_namespace`.
+    VethPeer {
+        peer: String,
+        peer_namespace: String,
+    },
+    Wireguard,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoutePlan {
+    pub dest: IpNet,
+    pub via: Option<IpAddr>,
+    pub dev: String,
+    /// The next hop is not inside any prefix of `dev` (IPv4 via a /32 neighbour).
+    pub onlink: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExitPointPlan {
+    pub tenant: String,
+    pub node: String,
+    pub prefix: Ipv6Net,
+    /// The nibble as 4 hex digits.
+    pub hex: String,
+    pub namespace: NamespacePlan,
+    pub wireguard: WireguardPlan,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WireguardPlan {
+    pub link: String,
+    pub listen_port: u16,
+    pub private_key_file: PathBuf,
+    pub peers: Vec<PeerPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerPlan {
+    pub node: String,
+    pub prefix: Ipv6Net,
+    pub public_key: String,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// What the eBPF data plane needs, in plain values it turns into map entries.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DataplanePlan {
+    /// Gateway namespace these entries apply in.
+    pub namespace: String,
+    /// Toward the upstream router.
+    pub default_route: NextHop,
+    /// Per /64 behind this exit node: the gateway link and the ExitPoint's link-local.
+    pub prefixes: Vec<PrefixRoute>,
+    pub nat: NatPlan,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NextHop {
+    pub link: String,
+    pub next_hop: Ipv6Addr,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrefixRoute {
+    pub prefix: Ipv6Net,
+    pub link: String,
+    pub next_hop: Ipv6Addr,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NatPlan {
+    /// GWPubIP4; without it there is no IPv4 NAT at all.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// The gateway link SNAT happens on.
+    pub out_link: String,
+    pub snat: Vec<SnatEntry>,
+    pub port_forwards: Vec<PortForwardEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SnatEntry {
+    pub tenant: String,
+    pub source: Ipv4Net,
+    pub to: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PortForwardEntry {
+    pub tenant: String,
+    pub protocol: Protocol,
+    pub public: SocketAddrV4,
+    pub target: SocketAddrV4,
+}
+
+impl Plan {
+    /// Every namespace exitd owns under this plan, gateway first.
+    pub fn namespaces(&self) -> impl Iterator<Item = &NamespacePlan> {
+        std::iter::once(&self.gateway).chain(self.exitpoints.iter().map(|ep| &ep.namespace))
+    }
+
+    /// Every interface name the plan derives.
+    pub fn link_names(&self) -> impl Iterator<Item = &str> {
+        self.namespaces()
+            .flat_map(|ns| ns.links.iter().map(|l| l.name.as_str()))
+    }
+}
