@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    /// The Parker broker (`[parker]`); absent: no broker.
+    #[serde(default)]
+    pub parker: Option<crate::parker::BrokerConfig>,
     /// The exit node's network (`exitd plan`, the reconciler); absent: no network is managed.
     #[serde(default)]
     pub network: Option<crate::plan::NetworkConfig>,

@@ -6,4 +6,5 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod iface;
+pub mod parker;
 pub mod plan;

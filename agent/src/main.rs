@@ -31,6 +31,10 @@ enum Command {
     /// Attach, detach and inspect the eBPF data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Run only the Parker broker (unprivileged; no eBPF, no etcd).
+    Broker(exitd::parker::cli::BrokerArgs),
+    /// Create a signify key pair for signing broker responses.
+    Keygen(exitd::parker::cli::KeygenArgs),
     /// Show the network derived from the configuration: links, addresses, routes, peers, NAT.
     Plan(exitd::plan::cli::PlanArgs),
 }
@@ -107,6 +111,8 @@ fn dispatch(command: Command) -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(exitd::daemon::run(config))
         }
         Command::Dataplane(cmd) => dataplane_command(cmd),
+        Command::Broker(args) => exitd::parker::cli::run_broker(args),
+        Command::Keygen(args) => exitd::parker::cli::keygen(args),
         Command::Plan(args) => exitd::plan::cli::run(args),
     }
 }

@@ -1,0 +1,374 @@
+//! The Parker broker: hands Freifunk "Parker" nodes their signed configuration (a /63 from
+//! the IPAM, one concentrator per PoP) and serves the legacy wgkex key-exchange endpoints,
+//! wire-compatible with deployed nodes (see `reference/parker.md`).
+//!
+//! Layout: [`http`] (axum routes, limits), [`sign`] (Ed25519, signify), [`select`] (pure
+//! concentrator choice), [`ipam`] (embedded store, NetBox), [`config`] (TOML section),
+//! [`wgkex`] (reading an existing `wgkex.yaml`), [`cli`] (`exitd broker`, `exitd keygen`).
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ipam;
+pub mod json;
+pub mod select;
+pub mod sign;
+pub mod wgkex;
+
+pub use config::BrokerConfig;
+
+use anyhow::{Context, Result};
+use config::{IpamBackend, join_endpoint, split_endpoint};
+use ipam::{Ipam, NodeRecord};
+use ipnet::Ipv4Net;
+use select::{Choice, Policy, WorkerMetric, WorkerSpec};
+use sign::ResponseSigner;
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
+
+/// `^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$`: the base64 of 32 bytes, as nodes send it.
+pub fn is_wireguard_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 44
+        && b[..42]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && b"AEIMQUYcgkosw480".contains(&b[42])
+        && b[43] == b'='
+}
+
+/// How nodes reach a concentrator (what the concentrator publishes about itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerData {
+    /// Host name or address without brackets.
+    pub external_address: String,
+    pub port: u16,
+    pub public_key: String,
+    pub link_address: Ipv6Addr,
+}
+
+/// One concentrator in a node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub name: String,
+    pub id: u32,
+    pub data: WorkerData,
+}
+
+/// Run-time view of the concentrators: configured specs plus what they report. The cluster
+/// feeds it from etcd; standalone mode fills it from the configuration.
+pub struct Concentrators {
+    specs: Vec<WorkerSpec>,
+    policy: Policy,
+    live_brokers: i64,
+    state: Mutex<Reported>,
+}
+
+#[derive(Default)]
+struct Reported {
+    /// In first-seen order, which breaks selection ties.
+    metrics: Vec<WorkerMetric>,
+    data: HashMap<String, WorkerData>,
+}
+
+impl Concentrators {
+    pub fn new(specs: Vec<WorkerSpec>, tolerance_percent: f64, live_brokers: u32) -> Self {
+        Concentrators {
+            specs,
+            policy: Policy {
+                tolerance_percent,
+                require_configured: true,
+            },
+            live_brokers: i64::from(live_brokers.max(1)),
+            state: Mutex::new(Reported::default()),
+        }
+    }
+
+    fn reported(&self) -> std::sync::MutexGuard<'_, Reported> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn metric_mut<'a>(reported: &'a mut Reported, name: &str) -> &'a mut WorkerMetric {
+        if let Some(i) = reported.metrics.iter().position(|m| m.name == name) {
+            return &mut reported.metrics[i];
+        }
+        reported.metrics.push(WorkerMetric {
+            name: name.to_string(),
+            online: false,
+            connected_peers: None,
+        });
+        let last = reported.metrics.len() - 1;
+        &mut reported.metrics[last]
+    }
+
+    pub fn set_online(&self, name: &str, online: bool) {
+        Self::metric_mut(&mut self.reported(), name).online = online;
+    }
+
+    /// A fresh peer count (replaces any interpolated estimate).
+    pub fn set_connected_peers(&self, name: &str, peers: i64) {
+        Self::metric_mut(&mut self.reported(), name).connected_peers = Some(peers);
+    }
+
+    pub fn set_data(&self, name: &str, data: WorkerData) {
+        self.reported().data.insert(name.to_string(), data);
+    }
+
+    /// Chooses the node's concentrators (one per PoP), updating the peer estimates.
+    /// Empty when none is online.
+    pub fn assign(&self, previous: &[String]) -> Vec<Assigned> {
+        let mut reported = self.reported();
+        let chosen = select::select(&self.specs, &reported.metrics, previous, self.policy);
+        select::interpolate(&mut reported.metrics, &chosen, previous, self.live_brokers);
+        let mut assigned = self.with_data(&reported, &chosen);
+        if assigned.is_empty() {
+            assigned.extend(self.random_fallback(&reported));
+        }
+        assigned
+    }
+
+    fn with_data(&self, reported: &Reported, chosen: &[Choice]) -> Vec<Assigned> {
+        chosen
+            .iter()
+            .filter_map(|c| {
+                let data = reported.data.get(&c.name)?;
+                Some(Assigned {
+                    name: c.name.clone(),
+                    id: c.id,
+                    data: data.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// A random configured, online worker that has published its data.
+    fn random_fallback(&self, reported: &Reported) -> Option<Assigned> {
+        let pool: Vec<&WorkerSpec> = select::fallback_candidates(&self.specs, &reported.metrics)
+            .into_iter()
+            .filter(|w| reported.data.contains_key(&w.name))
+            .collect();
+        if pool.is_empty() {
+            return None;
+        }
+        let mut random = [0u8; 8];
+        sign::fill_random(&mut random).ok()?;
+        let spec = pool[(u64::from_le_bytes(random) % pool.len() as u64) as usize];
+        Some(Assigned {
+            name: spec.name.clone(),
+            id: spec.id,
+            data: reported.data.get(&spec.name)?.clone(),
+        })
+    }
+
+    /// The single best concentrator over all PoPs (smallest diff), for the legacy v2
+    /// endpoint; falls back like [`Concentrators::assign`].
+    pub fn best_overall(&self) -> Option<Assigned> {
+        let none: &[&str] = &[];
+        let mut reported = self.reported();
+        let chosen = select::select(&self.specs, &reported.metrics, none, self.policy);
+        let Some(best) = chosen.into_iter().min_by_key(|c| c.diff) else {
+            return self.random_fallback(&reported);
+        };
+        let best = std::slice::from_ref(&best);
+        select::interpolate(&mut reported.metrics, best, none, self.live_brokers);
+        self.with_data(&reported, best).pop()
+    }
+}
+
+/// Everything a `/config` response contains besides the signature.
+pub struct ParkerResponse<'a> {
+    pub nonce: &'a str,
+    pub time: u64,
+    pub id: &'a str,
+    pub mtu: u32,
+    pub concentrators: &'a [Assigned],
+    pub concentrator_address4: Ipv4Addr,
+    pub node: &'a NodeRecord,
+    pub range4: Ipv4Net,
+    pub wg_keepalive: u32,
+    pub retry: u32,
+}
+
+impl ParkerResponse<'_> {
+    /// The JSON line exactly as the reference broker writes it (without the `\n`).
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(800);
+        let mut obj = json::Object::begin(&mut out);
+        obj.str("nonce", self.nonce)
+            .int("time", self.time as i64)
+            .str("id", self.id)
+            .int("mtu", i64::from(self.mtu))
+            .raw("concentrators", |o| {
+                json::push_array(o, self.concentrators, |o, c| {
+                    let mut item = json::Object::begin(o);
+                    item.str("address4", &self.concentrator_address4.to_string())
+                        .str("address6", &c.data.link_address.to_string())
+                        .str(
+                            "endpoint",
+                            &join_endpoint(&c.data.external_address, c.data.port),
+                        )
+                        .str("pubkey", &c.data.public_key)
+                        .int("id", i64::from(c.id));
+                    item.end();
+                })
+            });
+        let range6 = self.node.range6();
+        let address6 = Ipv6Addr::from(u128::from(range6.network()) + 1);
+        let address4 = Ipv4Addr::from(u32::from(self.range4.network()).wrapping_add(1));
+        obj.str("range6", &range6.to_string())
+            .str("address6", &address6.to_string())
+            .str("xlat_range6", &self.node.xlat_range6().to_string())
+            .str("range4", &self.range4.to_string())
+            .str("address4", &address4.to_string())
+            .int("wg_keepalive", i64::from(self.wg_keepalive))
+            .int("retry", i64::from(self.retry));
+        obj.end();
+        out
+    }
+
+    /// The full body: JSON line, `\n`, signature over both (no trailing newline).
+    pub fn signed_body(&self, signer: &ResponseSigner) -> String {
+        let mut body = self.to_json();
+        body.push('\n');
+        let signature = signer.signature_line(body.as_bytes());
+        body.push_str(&signature);
+        body
+    }
+}
+
+/// Builds the concentrator specs and, for standalone mode, reports the configured ones as
+/// online with their data.
+pub fn concentrators_from_config(config: &BrokerConfig, standalone: bool) -> Result<Concentrators> {
+    let specs = config
+        .concentrators
+        .iter()
+        .enumerate()
+        .map(|(i, c)| WorkerSpec {
+            name: c.name.clone(),
+            id: c.id.unwrap_or(i as u32 + 1),
+            weight: c.weight.unwrap_or(1.0),
+            pop: c.pop.clone(),
+        })
+        .collect();
+    let registry = Concentrators::new(specs, config.sticky_worker_tolerance, config.live_brokers);
+    if standalone {
+        for c in &config.concentrators {
+            let (Some(endpoint), Some(public_key), Some(link_address)) =
+                (&c.endpoint, &c.public_key, c.link_address)
+            else {
+                tracing::warn!(
+                    name = c.name,
+                    "concentrator lacks endpoint, public_key or link_address; standalone mode \
+                     cannot offer it"
+                );
+                continue;
+            };
+            let (external_address, port) = split_endpoint(endpoint)?;
+            registry.set_data(
+                &c.name,
+                WorkerData {
+                    external_address,
+                    port,
+                    public_key: public_key.clone(),
+                    link_address,
+                },
+            );
+            registry.set_connected_peers(&c.name, 0);
+            registry.set_online(&c.name, true);
+        }
+    }
+    Ok(registry)
+}
+
+/// Opens the configured IPAM backend.
+pub fn open_ipam(config: &BrokerConfig) -> Result<Arc<dyn Ipam>> {
+    let created_by = format!("exitd {}", hostname());
+    match config.ipam.backend {
+        IpamBackend::Local => {
+            let local =
+                ipam::local::LocalIpam::open(&config.ipam.path, config.ipam.parent, &created_by)?;
+            Ok(Arc::new(local))
+        }
+        IpamBackend::Netbox => {
+            let nb = config
+                .ipam
+                .netbox
+                .as_ref()
+                .context("[parker.ipam.netbox] is missing")?;
+            let api_key = match (&nb.api_key, &nb.api_key_file) {
+                (Some(key), _) => key.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => anyhow::bail!("ipam.netbox needs api_key or api_key_file"),
+            };
+            let settings = ipam::netbox::NetboxSettings {
+                url: nb.url.clone(),
+                api_key,
+                filter: nb
+                    .filter
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                additional_data: nb.additional_data.clone(),
+                created_by,
+            };
+            Ok(Arc::new(ipam::netbox::NetboxIpam::new(settings)?))
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Starts the broker inside `exitd run` when the configuration enables it. The concentrator
+/// registry is returned so that the cluster can feed it; the server runs until `shutdown`.
+pub async fn start_in_daemon(
+    config: &BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<Arc<Concentrators>>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let broker = http::Broker::from_config(config, true)?;
+    let concentrators = Arc::clone(&broker.concentrators);
+    let server = http::bind(config.listen).await?;
+    tracing::info!(addr = %server.local_addr()?, "Parker broker listening");
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(server, Arc::new(broker), shutdown).await {
+            tracing::error!(error = %e, "Parker broker stopped");
+        }
+    });
+    Ok(Some(concentrators))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wireguard_key_shape() {
+        assert!(is_wireguard_key(
+            "+Y4ofxTqc5XNPZwc41lMa5u2fraICdLL3XVbT+PkZ5E="
+        ));
+        assert!(!is_wireguard_key(
+            "+Y4ofxTqc5XNPZwc41lMa5u2fraICdLL3XVbT+PkZ5F="
+        ));
+        assert!(!is_wireguard_key(
+            "+Y4ofxTqc5XNPZwc41lMa5u2fraICdLL3XVbT+PkZ5E"
+        ));
+        assert!(!is_wireguard_key(
+            " Y4ofxTqc5XNPZwc41lMa5u2fraICdLL3XVbT+PkZ5E="
+        ));
+        assert!(!is_wireguard_key(
+            "ü4ofxTqc5XNPZwc41lMa5u2fraICdLL3XVbT+PkZ5E="
+        ));
+    }
+}
