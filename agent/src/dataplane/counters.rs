@@ -48,9 +48,7 @@ pub fn read_iface_counters(pins: &PinDir) -> Result<Vec<IfaceCounters>> {
                 bytes: c.bytes,
             })
             .collect();
-        let total = values
-            .iter()
-            .fold(Counters::default(), |sum, c| sum + *c);
+        let total = values.iter().fold(Counters::default(), |sum, c| sum + *c);
         all.push(IfaceCounters {
             ifindex,
             ifname: iface::name_of(ifindex),

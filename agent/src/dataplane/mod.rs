@@ -7,6 +7,7 @@
 
 mod attach;
 mod counters;
+pub mod fwd6;
 mod pins;
 
 pub use attach::{

@@ -4,6 +4,8 @@
 #![no_main]
 
 mod counter;
+mod fwd6;
+mod net;
 
 #[cfg(not(test))]
 #[panic_handler]

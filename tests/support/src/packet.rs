@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// An Ethernet header followed by `payload`.
 pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -81,6 +82,54 @@ pub fn ipv6_udp(
     ip.extend_from_slice(&dst.octets());
     ip.extend_from_slice(&udp);
     ip
+}
+
+/// An IPv6 packet with `payload` after the fixed header; `next_header` names what it is.
+pub fn ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[next_header, hop_limit]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// An ICMPv6 message (`icmp_type`, `code`, then `body`) in IPv6, with a correct checksum.
+pub fn ipv6_icmp(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    icmp_type: u8,
+    code: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(body);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    pseudo.extend_from_slice(&icmp);
+    let csum = internet_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    ipv6(src, dst, IPPROTO_ICMPV6, hop_limit, &icmp)
+}
+
+/// An 802.1Q tag inserted after the Ethernet addresses of `frame`.
+pub fn vlan_tagged(frame: &[u8], vlan_id: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&0x8100u16.to_be_bytes());
+    tagged.extend_from_slice(&(vlan_id & 0x0fff).to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
 }
 
 fn udp_segment(pseudo: &[u8], sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
