@@ -152,7 +152,7 @@ fn lookup(dst: &[u8; 16]) -> Result<Route6, Verdict> {
         dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], dst[6], dst[7],
     ];
     // SAFETY: the value is copied out at once; no reference outlives the lookup.
-    if let Some(route) = unsafe { ROUTES6.get(&prefix) } {
+    if let Some(route) = unsafe { ROUTES6.get(prefix) } {
         return Ok(*route);
     }
     // SAFETY: as above; only presence matters.
