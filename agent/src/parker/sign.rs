@@ -112,7 +112,8 @@ fn key_line(text: &str) -> &str {
 fn parse_signify_secret(raw: &[u8]) -> Result<ResponseSigner> {
     ensure!(
         raw.len() == SECKEY_LEN,
-        "signing key: a signify secret key is {SECKEY_LEN} bytes, this one decodes to {}",
+        "signing key: expected 64 hex characters (raw Ed25519 seed) or the base64 of a signify \
+         secret key ({SECKEY_LEN} bytes); this one decodes to {} bytes",
         raw.len()
     );
     ensure!(
