@@ -1,13 +1,16 @@
 //! Benchmarks: each measures exitd against the baseline an operator would otherwise use, in
 //! the same run, prints ratios and writes JSON to `bench/results/<name>.json`.
 
+mod broker;
+mod dataplane;
+
 use anyhow::{Result, bail};
 use std::path::Path;
 
 type Bench = fn(&Path) -> Result<serde_json::Value>;
 
 /// Registered benchmarks, in the order `cargo xtask bench` runs them.
-const BENCHES: &[(&str, Bench)] = &[];
+const BENCHES: &[(&str, Bench)] = &[("dataplane", dataplane::run), ("broker", broker::run)];
 
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
     for name in names {
