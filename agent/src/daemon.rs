@@ -24,6 +24,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     }
+    let _broker = crate::parker::start_for_daemon(&config).await?;
     tracing::info!(
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"

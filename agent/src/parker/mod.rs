@@ -328,6 +328,17 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// `exitd run`'s hook: starts the broker when the configuration has an enabled `[parker]`
+/// section; it serves until the daemon's runtime ends.
+pub async fn start_for_daemon(
+    config: &crate::config::Config,
+) -> Result<Option<Arc<Concentrators>>> {
+    match &config.parker {
+        Some(parker) => start_in_daemon(parker, std::future::pending()).await,
+        None => Ok(None),
+    }
+}
+
 /// Starts the broker inside `exitd run` when the configuration enables it. The concentrator
 /// registry is returned so that the cluster can feed it; the server runs until `shutdown`.
 pub async fn start_in_daemon(
