@@ -419,3 +419,64 @@ fn wgkex_yaml_is_accepted_and_odd_keys_reported() {
     assert!(warnings.contains("frobnicate: unknown key"), "{warnings}");
     assert!(warnings.contains("mqtt: unsupported"), "{warnings}");
 }
+
+/// `exitd keygen` writes real signify files: signify-openbsd signs with the secret key and
+/// verifies with the public key; and a key made by `signify-openbsd -G -n` signs broker
+/// responses that verify against its own public key.
+#[test]
+fn keys_interoperate_with_signify_openbsd() {
+    let dir = TempDir::new("keys");
+    let (sec, public) = keygen(dir.path());
+    let msg = dir.path().join("m");
+    std::fs::write(&msg, "hello\n").expect("write");
+    let signify = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("signify-openbsd")
+            .args(args)
+            .output()
+            .expect("run signify-openbsd");
+        assert!(
+            out.status.success(),
+            "signify {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let sig = dir.path().join("m.sig");
+    signify(&[
+        "-S".as_ref(),
+        "-s".as_ref(),
+        sec.as_os_str(),
+        "-m".as_ref(),
+        msg.as_os_str(),
+        "-x".as_ref(),
+        sig.as_os_str(),
+    ]);
+    signify(&[
+        "-V".as_ref(),
+        "-p".as_ref(),
+        public.as_os_str(),
+        "-x".as_ref(),
+        sig.as_os_str(),
+        "-m".as_ref(),
+        msg.as_os_str(),
+    ]);
+
+    // The other direction: a signify-generated key drives the broker.
+    let other = TempDir::new("keys2");
+    let (osec, opub) = (
+        other.path().join("broker.sec"),
+        other.path().join("broker.pub"),
+    );
+    signify(&[
+        "-G".as_ref(),
+        "-n".as_ref(),
+        "-s".as_ref(),
+        osec.as_os_str(),
+        "-p".as_ref(),
+        opub.as_os_str(),
+    ]);
+    let config = write_config(other.path(), &osec, "", "");
+    let broker = Broker::start(&["--config", config.to_str().expect("utf-8")]);
+    let (status, body) = get_config(&client(), &broker.url, &node_key(5), NONCE, 1400);
+    assert_eq!(status, 200, "{body}");
+    verify_with_signify(&other, &body).expect("verifies with the signify-generated public key");
+}

@@ -138,7 +138,8 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let lines: Vec<String> = err_rx.try_iter().collect();
+                // The child is gone, so the reader thread reaches EOF: read everything it saw.
+                let lines: Vec<String> = err_rx.iter().collect();
                 Err(lines.join("\n"))
             }
         }

@@ -322,6 +322,28 @@ mod tests {
     }
 
     #[test]
+    fn parker_section_of_the_shared_file() {
+        let text = "[parker]\nlisten = \"127.0.0.1:8081\"\nsticky_worker_tolerance = 15\n\
+                    rate_limit = { per_second = 2.5, burst = 4 }\n[parker.ipam]\n\
+                    parent = \"2001:db8:ed0::/46\"\n[[parker.concentrators]]\nname = \"gw01\"\n";
+        let config = crate::config::Config::parse(text, "t").unwrap();
+        let parker = config.parker.unwrap();
+        assert_eq!(parker.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(
+            parker.rate_limit,
+            RateLimitConfig {
+                per_second: 2.5,
+                burst: 4
+            }
+        );
+        assert_eq!(parker.ipam.backend, IpamBackend::Local);
+        assert_eq!(parker.concentrators[0].name, "gw01");
+        assert!(parker.validate().is_ok());
+        let err = crate::config::Config::parse("[parker]\nlisten_on = 1\n", "t").unwrap_err();
+        assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
+    }
+
+    #[test]
     fn duplicate_ids_are_rejected() {
         let mut config = BrokerConfig::with_defaults();
         config.concentrators = toml::from_str::<BTreeMap<String, Vec<ConcentratorConfig>>>(
