@@ -364,6 +364,57 @@ pub async fn start_in_daemon(
 mod tests {
     use super::*;
 
+    fn registry() -> Concentrators {
+        let spec = |name: &str, id| WorkerSpec {
+            name: name.into(),
+            id,
+            weight: 1.0,
+            pop: String::new(),
+        };
+        let registry = Concentrators::new(vec![spec("a", 1), spec("b", 2)], 10.0, 1);
+        for (name, last) in [("a", 1), ("b", 2)] {
+            let data = WorkerData {
+                external_address: format!("{name}.example"),
+                port: 1,
+                public_key: "OmaOePJh+hrEZETlPEdNWj7qZn7GTbCno678kH0uLHs=".into(),
+                link_address: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last),
+            };
+            registry.set_data(name, data);
+        }
+        registry
+    }
+
+    #[test]
+    fn random_fallback_when_no_worker_reports_peers() {
+        let registry = registry();
+        assert!(
+            registry.assign(&[]).is_empty(),
+            "nothing online: no gateway"
+        );
+        registry.set_online("a", true);
+        registry.set_online("b", true);
+        registry.set_connected_peers("a", -1);
+        registry.set_connected_peers("b", -1);
+        let picked = registry.assign(&[]);
+        assert_eq!(picked.len(), 1, "one random online worker");
+        assert!(["a", "b"].contains(&picked[0].name.as_str()));
+        registry.set_online("a", false);
+        assert_eq!(registry.assign(&[])[0].name, "b", "only online workers");
+    }
+
+    #[test]
+    fn legacy_best_overall_takes_the_smallest_diff() {
+        let registry = registry();
+        for (name, peers) in [("a", 10), ("b", 4)] {
+            registry.set_online(name, true);
+            registry.set_connected_peers(name, peers);
+        }
+        assert_eq!(
+            registry.best_overall().map(|a| a.name),
+            Some("b".to_string())
+        );
+    }
+
     #[test]
     fn wireguard_key_shape() {
         assert!(is_wireguard_key(
