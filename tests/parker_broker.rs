@@ -311,14 +311,7 @@ fn rate_limit_answers_429_per_client() {
             200
         );
     }
-    let resp = http
-        .get(format!(
-            "{}/config?pubkey={}",
-            broker.url,
-            encode_key(&node_key(1))
-        ))
-        .send()
-        .expect("send");
+    let resp = get_bare(&http, &broker.url, &node_key(1));
     assert_json_error(resp, 429);
 }
 
@@ -338,14 +331,7 @@ fn no_concentrator_online_is_400() {
     )
     .expect("write");
     let broker = Broker::start(&["--config", config.to_str().expect("utf-8")]);
-    let resp = client()
-        .get(format!(
-            "{}/config?pubkey={}",
-            broker.url,
-            encode_key(&node_key(1))
-        ))
-        .send()
-        .expect("send");
+    let resp = get_bare(&client(), &broker.url, &node_key(1));
     assert_eq!(resp.status().as_u16(), 400);
     let body: serde_json::Value = resp.json().expect("json");
     assert_eq!(body["error"]["message"], "no gateway online");

@@ -212,3 +212,15 @@ pub fn config_json(body: &str) -> serde_json::Value {
     let (json, _sig) = body.rsplit_once('\n').expect("signature line");
     serde_json::from_str(json).expect("JSON line")
 }
+
+/// A bare `GET /config?pubkey=KEY` (no nonce, default MTU), for error answers.
+pub fn get_bare(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    key: &str,
+) -> reqwest::blocking::Response {
+    client
+        .get(format!("{url}/config?pubkey={}", encode_key(key)))
+        .send()
+        .expect("request")
+}

@@ -314,14 +314,7 @@ fn ambiguous_parent_filter_is_an_ipam_error() {
     let url = start_emulator(db);
     let dir = TempDir::new("netbox2");
     let broker = netbox_broker(&dir, &url, "parker").expect("broker starts");
-    let resp = client()
-        .get(format!(
-            "{}/config?pubkey={}",
-            broker.url,
-            encode_key(&node_key(1))
-        ))
-        .send()
-        .expect("send");
+    let resp = get_bare(&client(), &broker.url, &node_key(1));
     assert_eq!(resp.status().as_u16(), 500);
     let body: Value = resp.json().expect("json");
     assert_eq!(body["error"]["message"], "IPAM error");

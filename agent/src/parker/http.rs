@@ -4,7 +4,7 @@
 
 use super::{
     Assigned, BrokerConfig, Concentrators, ParkerResponse, concentrators_from_config, ipam::Ipam,
-    is_wireguard_key, open_ipam, sign::ResponseSigner,
+    is_wireguard_key, open_ipam, sign::ResponseSigner, unix_now,
 };
 use anyhow::{Context, Result};
 use axum::{
@@ -133,13 +133,6 @@ impl Broker {
         }
         Ok(request)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A validated `/config` query.

@@ -40,6 +40,14 @@ pub fn is_wireguard_key(key: &str) -> bool {
         && b[43] == b'='
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// How nodes reach a concentrator (what the concentrator publishes about itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerData {

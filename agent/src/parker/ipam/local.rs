@@ -16,6 +16,7 @@
 //! the old one (atomic), then syncing the directory. Selection updates are appended without
 //! a sync of their own: losing the latest one in a crash only costs stickiness.
 
+use super::super::unix_now;
 use super::{Ipam, NODE_PREFIX_LEN, NodeRecord, iso8601, validate_parent};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -346,13 +347,6 @@ fn lock_dir(dir: &Path) -> Result<File> {
         );
     }
     Ok(file)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// One log line: `crc32(json) json\n`.

@@ -10,6 +10,7 @@
 //!   deleting the others;
 //! - a changed selection is written back with `PATCH /api/ipam/prefixes/<id>/`.
 
+use super::super::unix_now;
 use super::{Description, Ipam, NODE_PREFIX_LEN, NodeRecord, iso8601};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -231,13 +232,6 @@ fn record(object: &PrefixObject, desc: Description) -> Result<NodeRecord> {
         prefix,
         selected: desc.selected_concentrators,
     })
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[async_trait]
