@@ -13,6 +13,8 @@ pub async fn run(config: Config) -> Result<()> {
     // Handlers first: a SIGTERM during start-up must take the graceful path, not kill us.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let network = config.clone();
+    tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
     let pins = PinDir::new(&config.dataplane.pin_dir);
     for ifname in &config.dataplane.interfaces {
         match dataplane::attach_xdp(&pins, ifname, config.dataplane.xdp_mode)? {

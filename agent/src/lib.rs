@@ -6,5 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod iface;
+pub mod netlink;
 pub mod parker;
 pub mod plan;
+pub mod wireguard;

@@ -37,6 +37,8 @@ enum Command {
     Keygen(exitd::parker::cli::KeygenArgs),
     /// Show the network derived from the configuration: links, addresses, routes, peers, NAT.
     Plan(exitd::plan::cli::PlanArgs),
+    /// Make this machine match the configuration's network plan (namespaces, links, routes).
+    Apply(exitd::netlink::ApplyArgs),
 }
 
 #[derive(Args)]
@@ -114,6 +116,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Broker(args) => exitd::parker::cli::run_broker(args),
         Command::Keygen(args) => exitd::parker::cli::keygen(args),
         Command::Plan(args) => exitd::plan::cli::run(args),
+        Command::Apply(args) => exitd::netlink::run_apply(args),
     }
 }
 
