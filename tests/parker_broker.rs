@@ -466,3 +466,51 @@ fn keys_interoperate_with_signify_openbsd() {
     assert_eq!(status, 200, "{body}");
     verify_with_signify(&other, &body).expect("verifies with the signify-generated public key");
 }
+
+/// `exitd run` starts the broker when the configuration has a `[parker]` section (the daemon
+/// itself wants root for its other roles, as CI has).
+#[test]
+fn daemon_serves_the_broker_when_configured() {
+    exitd_testkit::require_root();
+    let dir = TempDir::new("daemon");
+    let (sec, _) = keygen(dir.path());
+    let config = write_config(dir.path(), &sec, "", "");
+    let mut child = Command::new(EXITD)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn exitd run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Parker broker listening")
+                && let Some(addr) = line.split("addr=").nth(1)
+            {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(30));
+    let result = addr.map(|addr| {
+        get_config(
+            &client(),
+            &format!("http://{addr}"),
+            &node_key(9),
+            NONCE,
+            1400,
+        )
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let (status, body) = result.expect("the daemon announced the broker");
+    assert_eq!(status, 200, "{body}");
+    verify_with_signify(&dir, &body).expect("signed with the configured key");
+}
