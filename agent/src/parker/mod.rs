@@ -5,6 +5,32 @@
 //! Layout: [`http`] (axum routes, limits), [`sign`] (Ed25519, signify), [`select`] (pure
 //! concentrator choice), [`ipam`] (embedded store, NetBox), [`config`] (TOML section),
 //! [`wgkex`] (reading an existing `wgkex.yaml`), [`cli`] (`exitd broker`, `exitd keygen`).
+//!
+//! A standalone broker (`exitd keygen`, then `exitd broker --config exitd.toml`):
+//!
+//! ```toml
+//! [parker]
+//! listen = "[::]:8080"
+//! signing_key_file = "/etc/exitd/broker.sec"   # or signing_key = "<64 hex | base64 signify>"
+//! sticky_worker_tolerance = 10                 # percent
+//! clat_subnet = "10.80.96.0/22"
+//! rate_limit = { per_second = 5.0, burst = 20 } # per client address; 0 = off
+//!
+//! [parker.ipam]                                # backend = "local" (default) or "netbox"
+//! path = "/var/lib/exitd/ipam"
+//! parent = "2001:db8:ed0::/46"
+//! # [parker.ipam.netbox]
+//! # url = "https://netbox.example.net", api_key_file = "...", filter = { tag = "parker" }
+//!
+//! [[parker.concentrators]]
+//! name = "gw01.in.example.net"
+//! id = 1
+//! weight = 1
+//! pop = "vie01"
+//! endpoint = "gw01.example.net:40001"
+//! public_key = "<WireGuard public key>"
+//! link_address = "fe80::1"
+//! ```
 
 pub mod cli;
 pub mod config;
