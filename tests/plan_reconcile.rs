@@ -555,3 +555,126 @@ fn peer_count(ns: &str, wg: &str, state_dir: PathBuf) -> usize {
         .peers
         .len()
 }
+
+fn exitd_plan(args: &[&str]) -> Output {
+    Command::new(EXITD).arg("plan").args(args).output().unwrap()
+}
+
+const SEED_FLAGS: &[&str] = &[
+    "--allocation",
+    ALLOC,
+    "--exit-node",
+    "1",
+    "--alloc-nr",
+    "1",
+    "--resource",
+    "2a02:1802:5e:1abc::/64",
+    "--resource",
+    "2a02:1802:5e:1123::/64",
+    "--gateway-ipv4",
+    "185.69.166.123/24",
+];
+
+/// `exitd plan` for the seed's example (1abc and 1123 behind exit node 1) shows the
+/// drawing's names, addresses and routes.
+#[test]
+fn plan_cli_shows_the_seed_drawing() {
+    let out = exitd_plan(SEED_FLAGS);
+    assert_success(&out, SEED_FLAGS);
+    let table = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        "GATEWAY (namespace gw-1-1)",
+        "fe80::1000:0:0:1/64 2a02:1802:5e:0:1000::1/64 185.69.166.123/24",
+        "to-1abc-1       veth <-> pub-1abc-1@net-1abc-1       fe80::1:1abc/64 10.1.0.1/32",
+        "to-1123-1       veth <-> pub-1123-1@net-1123-1       fe80::1:1123/64 10.1.0.1/32",
+        "default via fe80::1 dev pub-1-1",
+        "2a02:1802:5e:1abc::/64 via fe80::1abc:1 dev to-1abc-1",
+        "2a02:1802:5e:1123::/64 via fe80::1123:1 dev to-1123-1",
+        "pub-1abc-1      veth <-> to-1abc-1@gw-1-1            fe80::1abc:1/64 10.255.26.188/32",
+        "veth-1abc-1",
+        "2a02:1802:5e:1abc::1/64 10.26.188.1/24",
+        "wg-1abc-1       wireguard                            fe80::1abc/64 10.255.26.188/16",
+        "default via fe80::1:1abc dev pub-1abc-1",
+        "pub-1123-1      veth <-> to-1123-1@gw-1-1            fe80::1123:1/64 10.255.17.35/32",
+        "10.17.35.1/24",
+        "wireguard wg-1abc-1 listen-port 6844",
+        "snat 10.26.188.0/24 -> 185.69.166.123 out pub-1-1",
+    ] {
+        assert!(table.contains(expected), "missing {expected:?} in\n{table}");
+    }
+}
+
+#[test]
+fn plan_cli_json_and_upstream() {
+    let args = [SEED_FLAGS, &["--json"]].concat();
+    let out = exitd_plan(&args);
+    assert_success(&out, &args);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["exit_node_net"], "2a02:1802:5e:1000::/52");
+    assert_eq!(plan["dataplane"]["default_route"]["link"], "pub-1-1");
+    assert_eq!(plan["dataplane"]["prefixes"][0]["next_hop"], "fe80::1123:1");
+    assert_eq!(plan["exitpoints"][1]["wireguard"]["link"], "wg-1abc-1");
+
+    let args = [
+        &["upstream", "--port", "swp1"][..],
+        &SEED_FLAGS[..6],
+        &["--enabled-exit-nodes", "15"],
+    ]
+    .concat();
+    let out = exitd_plan(&args);
+    assert_success(&out, &args);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "2a02:1802:5e:1000::/52 via fe80::1000:0:0:1 dev swp1  # exit node 1 (or via 2a02:1802:5e:0:1000::1)\n\
+         2a02:1802:5e:f000::/52 via fe80::f000:0:0:1 dev swp1  # exit node 15 (or via 2a02:1802:5e:0:f000::1)\n"
+    );
+}
+
+#[test]
+fn plan_cli_diff_and_errors() {
+    let dir = std::env::temp_dir().join(format!("exitd-plan-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |resources: &[&str]| {
+        let mut text =
+            format!("[network]\nallocation = \"{ALLOC}\"\nexit_node = 1\nalloc_nr = 1\n");
+        for (i, r) in resources.iter().enumerate() {
+            text.push_str(&format!(
+                "[[network.tenants]]\nname = \"t{i}\"\n[[network.tenants.resources]]\nnode = \"n\"\nprefix = \"{r}\"\nexitpoint = true\n"
+            ));
+        }
+        text
+    };
+    let (old, new) = (dir.join("old.toml"), dir.join("new.toml"));
+    std::fs::write(
+        &old,
+        config(&["2a02:1802:5e:1abc::/64", "2a02:1802:5e:1123::/64"]),
+    )
+    .unwrap();
+    std::fs::write(&new, config(&["2a02:1802:5e:1abc::/64"])).unwrap();
+    let args = ["diff", old.to_str().unwrap(), new.to_str().unwrap()];
+    let out = exitd_plan(&args);
+    assert_success(&out, &args);
+    let diff = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        diff.contains("- gw-1-1: route 2a02:1802:5e:1123::/64 via fe80::1123:1 dev to-1123-1"),
+        "{diff}"
+    );
+    assert!(diff.contains("- namespace net-1123-1"), "{diff}");
+    assert!(
+        diff.lines()
+            .all(|l| l.starts_with("- ") && (l.contains("1123") || l.contains("10.17.35"))),
+        "{diff}"
+    );
+
+    let bad = [&SEED_FLAGS[..6], &["--resource", "2a02:1802:5e:2abc::/64"]].concat();
+    let out = exitd_plan(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(
+            "resource 2a02:1802:5e:2abc::/64 is outside exit node 1's 2a02:1802:5e:1000::/52"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

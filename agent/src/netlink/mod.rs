@@ -49,20 +49,21 @@ pub struct ApplyArgs {
     /// The configuration file; its `[network]` section is applied.
     #[arg(long, short, default_value = "/etc/exitd/exitd.toml")]
     pub config: PathBuf,
-    /// WireGuard implementation for the ExitPoints (userspace: boringtun-cli).
-    #[arg(long, value_enum, default_value_t = BackendKind::Kernel, env = "EXITD_WIREGUARD")]
-    pub wireguard: BackendKind,
-    /// Directory for userspace WireGuard pid and log files.
-    #[arg(long, default_value = "/run/exitd")]
-    pub state_dir: PathBuf,
+    /// WireGuard implementation for the ExitPoints (userspace: boringtun-cli); default:
+    /// the configuration's `network.wireguard`.
+    #[arg(long, value_enum, env = "EXITD_WIREGUARD")]
+    pub wireguard: Option<BackendKind>,
+    /// Directory for userspace WireGuard pid and log files; default: `network.state_dir`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub fn run_apply(args: ApplyArgs) -> Result<()> {
     let network = plan::cli::load_network(&args.config)?;
     let plan = plan::cli::plan_of(&network)?;
     let options = ApplyOptions {
-        wireguard: args.wireguard,
-        state_dir: args.state_dir,
+        wireguard: args.wireguard.unwrap_or(network.wireguard),
+        state_dir: args.state_dir.unwrap_or(network.state_dir.clone()),
     };
     let changes = apply(&plan, &options)?;
     if changes.is_empty() {
@@ -81,8 +82,8 @@ pub fn reconcile_config(config: &crate::config::Config) -> Result<()> {
     };
     let plan = plan::cli::plan_of(network)?;
     let options = ApplyOptions {
-        wireguard: BackendKind::Kernel,
-        state_dir: PathBuf::from("/run/exitd"),
+        wireguard: network.wireguard,
+        state_dir: network.state_dir.clone(),
     };
     let changes = apply(&plan, &options)?;
     tracing::info!(changes = changes.len(), "network plan applied");

@@ -39,8 +39,18 @@ pub struct NetworkConfig {
     /// Where the ExitPoints' WireGuard private keys are kept (`{dir}/{wg name}.key`).
     #[serde(default = "default_key_dir")]
     pub key_dir: PathBuf,
+    /// WireGuard implementation for the ExitPoints (`exitd apply --wireguard` overrides it).
+    #[serde(default)]
+    pub wireguard: crate::wireguard::BackendKind,
+    /// Where a userspace WireGuard's pid and log files go.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/exitd")
 }
 
 fn default_key_dir() -> PathBuf {
@@ -130,6 +140,8 @@ impl NetworkConfig {
             namespace_prefix: String::new(),
             enabled_exit_nodes: Vec::new(),
             key_dir: default_key_dir(),
+            wireguard: Default::default(),
+            state_dir: default_state_dir(),
             tenants,
         }
     }
