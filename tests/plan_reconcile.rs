@@ -80,6 +80,10 @@ key_dir = "{keys}"
 
 [[network.tenants]]
 name = "alice"
+[[network.tenants.port_forwards]]
+protocol = "tcp"
+port = 8080
+to = "10.26.188.1:80"
 [[network.tenants.resources]]
 node = "exit"
 prefix = "2a02:1802:5e:1abc::/64"
@@ -452,7 +456,17 @@ fn reconciler_builds_the_seed_network_and_removes_exactly_what_is_gone() {
     eventually_pings(&fx.remote.path(), &["-I", "10.29.0.1", "185.69.166.1"]);
     eventually_pings(&up, &["2a02:1802:5e:1d00::1"]);
 
+    port_forward_reaches_the_tenant(&fx.upstream, &alice);
     add_foreign_objects(&gw);
+    // Namespaces that look like exitd's but are not this exit node's or allocation's.
+    let foreign_ns = [
+        format!("{}net-2abc-{}", fx.prefix, fx.alloc_nr),
+        format!("{}net-1abc-{}", fx.prefix, fx.alloc_nr + 1),
+        format!("{}other", fx.prefix),
+    ];
+    for name in &foreign_ns {
+        exitd::netlink::netns::create(name).unwrap();
+    }
     assert_eq!(
         fx.apply().trim(),
         "no changes",
@@ -494,14 +508,7 @@ fn reconciler_builds_the_seed_network_and_removes_exactly_what_is_gone() {
         nat.contains("10.26.188.0/24") && !nat.contains("10.29.0.0/24"),
         "{nat}"
     );
-    let peers = fx
-        .host
-        .run({
-            let (alice, wg) = (alice.clone(), fx.name("wg", "1abc"));
-            let state = fx.dir.join("state");
-            move || peer_count(&alice, &wg, state)
-        })
-        .unwrap();
+    let peers = peer_count(&alice, &fx.name("wg", "1abc"), fx.dir.join("state"));
     assert_eq!(
         peers, 0,
         "the removed resource's WireGuard peer is still there"
@@ -517,6 +524,12 @@ fn reconciler_builds_the_seed_network_and_removes_exactly_what_is_gone() {
         "{removal}"
     );
     assert!(!exitd::netlink::netns::exists(&bob));
+    for name in &foreign_ns {
+        assert!(
+            exitd::netlink::netns::exists(name),
+            "foreign namespace {name} removed"
+        );
+    }
     let gw_state = snapshot(&gw);
     assert!(
         gw_state
@@ -527,6 +540,52 @@ fn reconciler_builds_the_seed_network_and_removes_exactly_what_is_gone() {
     assert!(!nft_rules(&gw).contains("10.17.35.0/24"));
     eventually_pings(&up, &["2a02:1802:5e:1abc::1"]);
     assert_eq!(fx.apply().trim(), "no changes");
+}
+
+/// A TCP connection from upstream to GWPubIP4:8080 lands on 10.26.188.1:80 in the tenant
+/// network (the port forward of alice's configuration).
+fn port_forward_reaches_the_tenant(upstream: &NetNs, alice: &str) {
+    let listener = in_netns(alice, || {
+        std::net::TcpListener::bind("10.26.188.1:80").unwrap()
+    });
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut conn, b"hello from alice").unwrap();
+        peer
+    });
+    let text = upstream
+        .run(|| {
+            let addr = "185.69.166.123:8080".parse().unwrap();
+            let mut conn =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut conn, &mut text).unwrap();
+            text
+        })
+        .unwrap();
+    assert_eq!(text, "hello from alice");
+    let peer = server.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        "185.69.166.1",
+        "the client's address is kept"
+    );
+}
+
+/// Runs `f` on a thread inside the named namespace (sockets it opens live there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(netns_path(ns)).unwrap();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this new thread only, with a valid namespace fd.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
 }
 
 fn nft_rules(ns: &str) -> String {
@@ -540,20 +599,16 @@ fn nft_rules(ns: &str) -> String {
 
 fn peer_count(ns: &str, wg: &str, state_dir: PathBuf) -> usize {
     use exitd::wireguard::WireguardBackend;
-    let file = std::fs::File::open(netns_path(ns)).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: this closure runs on its own thread (NetNs::run); setns affects only it.
-    assert_eq!(
-        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-        0
-    );
-    let backend = exitd::wireguard::UserspaceBackend { state_dir };
-    backend
-        .state(wg)
-        .unwrap()
-        .expect("device exists")
-        .peers
-        .len()
+    let wg = wg.to_string();
+    in_netns(ns, move || {
+        let backend = exitd::wireguard::UserspaceBackend { state_dir };
+        backend
+            .state(&wg)
+            .unwrap()
+            .expect("device exists")
+            .peers
+            .len()
+    })
 }
 
 fn exitd_plan(args: &[&str]) -> Output {
