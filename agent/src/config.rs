@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneConfig,
-    /// The Parker broker (`[parker]`); absent: no broker.
-    #[serde(default)]
-    pub parker: Option<crate::parker::BrokerConfig>,
     /// The exit node's network (`exitd plan`, the reconciler); absent: no network is managed.
     #[serde(default)]
     pub network: Option<crate::plan::NetworkConfig>,
+    /// The Parker broker (`[parker]`); absent: no broker.
+    #[serde(default)]
+    pub parker: Option<crate::parker::BrokerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -30,6 +30,10 @@ pub struct DataplaneConfig {
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub xdp_mode: XdpModeArg,
+    /// Forward the network's IPv6 in XDP on the gateway (`[network]` must be set). Off: the
+    /// kernel forwards everything.
+    #[serde(default = "default_true")]
+    pub forward: bool,
     /// Detach the programs when the daemon stops. Off by default: forwarding stays up across
     /// agent restarts and upgrades.
     #[serde(default)]
@@ -42,9 +46,14 @@ impl Default for DataplaneConfig {
             pin_dir: default_pin_dir(),
             interfaces: Vec::new(),
             xdp_mode: XdpModeArg::Auto,
+            forward: true,
             detach_on_exit: false,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_pin_dir() -> PathBuf {

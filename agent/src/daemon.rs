@@ -3,7 +3,7 @@
 
 use crate::{
     config::Config,
-    dataplane::{self, AttachOutcome, PinDir},
+    dataplane::{self, AttachOutcome, PinDir, XdpProgram},
 };
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,9 +15,10 @@ pub async fn run(config: Config) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let network = config.clone();
     tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
+    let _follower = start_forwarder(&config)?;
     let pins = PinDir::new(&config.dataplane.pin_dir);
     for ifname in &config.dataplane.interfaces {
-        match dataplane::attach_xdp(&pins, ifname, config.dataplane.xdp_mode)? {
+        match dataplane::attach_xdp(&pins, ifname, XdpProgram::Count, config.dataplane.xdp_mode)? {
             AttachOutcome::Attached { ifindex } => {
                 tracing::info!(ifname, ifindex, "data plane attached")
             }
@@ -44,4 +45,18 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::info!("leaving the data plane attached; forwarding continues");
     }
     Ok(())
+}
+
+/// Attaches the XDP forwarder to the gateway of the configured network and starts following
+/// neighbour changes; None when there is no network or forwarding is off.
+fn start_forwarder(config: &Config) -> Result<Option<std::thread::JoinHandle<Result<()>>>> {
+    let (Some(network), true) = (&config.network, config.dataplane.forward) else {
+        return Ok(None);
+    };
+    let plan = crate::plan::cli::plan_of(network)?;
+    let pin_root = &config.dataplane.pin_dir;
+    dataplane::gateway::attach(&plan, pin_root, config.dataplane.xdp_mode)?;
+    let report = dataplane::gateway::sync(&plan, pin_root, std::time::Duration::from_secs(2))?;
+    tracing::info!(?report, gateway = %plan.dataplane.namespace, "XDP forwarder running");
+    Ok(Some(dataplane::gateway::follow(plan, pin_root)))
 }

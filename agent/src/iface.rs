@@ -52,6 +52,54 @@ pub fn name_of(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Switches transmit checksum offload of `name` on or off (the ethtool ioctl).
+///
+/// A veth whose frames are redirected by XDP on its peer must compute checksums itself:
+/// with offload on, locally sent TCP/UDP leaves with only a partial checksum, which the
+/// skb would have completed later, and XDP passes on the raw bytes.
+pub fn set_tx_checksum(name: &str, on: bool) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IF_NAMESIZE],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    validate_name(name)?;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = IfReq {
+        name: [0; libc::IF_NAMESIZE],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_value.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("cannot set tx checksum offload of {name}: {err}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

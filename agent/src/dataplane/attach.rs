@@ -1,6 +1,6 @@
 //! Attaching and detaching XDP programs through pinned bpf_links.
 
-use super::{OBJECT, PinDir, XDP_COUNT};
+use super::{OBJECT, PinDir, XDP_COUNT, XDP_FWD6, fwd6::FWD6_MAPS};
 use crate::iface;
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -8,7 +8,7 @@ use aya::{
     programs::{
         Xdp,
         links::{FdLink, PinnedLink},
-        xdp::XdpMode,
+        xdp::{XdpLink, XdpMode},
     },
 };
 use exitd_common::IFACE_COUNTERS_MAP;
@@ -44,9 +44,30 @@ pub enum AttachOutcome {
     AlreadyAttached { ifindex: u32 },
 }
 
+/// The XDP programs an operator can attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpProgram {
+    /// Count packets and bytes, pass everything.
+    #[default]
+    Count,
+    /// Forward IPv6 per /64 (the exit node's fast path).
+    Fwd6,
+}
+
+impl XdpProgram {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpProgram::Count => XDP_COUNT,
+            XdpProgram::Fwd6 => XDP_FWD6,
+        }
+    }
+}
+
 /// A pinned XDP attachment found in the pin directory.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Attachment {
+    /// Name of the attached program.
+    pub program: String,
     pub ifname: String,
     pub ifindex: u32,
     /// False when the interface was deleted or recreated since: the link is defunct.
@@ -55,17 +76,25 @@ pub struct Attachment {
     pin: PathBuf,
 }
 
-/// Pin file name of an XDP link: interface name and index, so a link left behind by an
-/// interface that was deleted and recreated (new index) is recognised as stale. The BPF
-/// filesystem refuses names containing '.', which interface names may contain (VLANs such as
-/// `eth0.100`); ':' never appears in an interface name, so it stands in for the dot.
-fn link_file_name(ifname: &str, ifindex: u32) -> String {
-    format!("xdp@{}@{ifindex}", ifname.replace('.', ":"))
+/// Pin file name of an XDP link: program, interface name and index, so a link left behind
+/// by an interface that was deleted and recreated (new index) is recognised as stale. The
+/// BPF filesystem refuses names containing '.', which interface names may contain (VLANs
+/// such as `eth0.100`); ':' never appears in an interface name, so it stands in for the dot.
+fn link_file_name(program: &str, ifname: &str, ifindex: u32) -> String {
+    format!("{program}@{}@{ifindex}", ifname.replace('.', ":"))
 }
 
-fn parse_link_file_name(file: &str) -> Option<(String, u32)> {
-    let (name, index) = file.strip_prefix("xdp@")?.rsplit_once('@')?;
-    Some((name.replace(':', "."), index.parse().ok()?))
+fn parse_link_file_name(file: &str) -> Option<(String, String, u32)> {
+    let (program, rest) = file.split_once('@')?;
+    let (name, index) = rest.rsplit_once('@')?;
+    if !program.starts_with("xdp_") {
+        return None;
+    }
+    Some((
+        program.to_string(),
+        name.replace(':', "."),
+        index.parse().ok()?,
+    ))
 }
 
 /// All XDP attachments pinned in `pins`, sorted by interface name.
@@ -80,11 +109,12 @@ pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let file = entry.file_name();
-        let Some((ifname, ifindex)) = file.to_str().and_then(parse_link_file_name) else {
+        let Some((program, ifname, ifindex)) = file.to_str().and_then(parse_link_file_name) else {
             continue;
         };
         let live = iface::index_of(&ifname).ok() == Some(ifindex);
         found.push(Attachment {
+            program,
             ifname,
             ifindex,
             live,
@@ -95,59 +125,64 @@ pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
     Ok(found)
 }
 
-/// Attaches the counting XDP program to `ifname` and pins the link, unless it is attached
-/// already. Stale pins of a recreated interface of the same name are removed first.
-pub fn attach_xdp(pins: &PinDir, ifname: &str, mode: XdpModeArg) -> Result<AttachOutcome> {
+/// Attaches `program` to `ifname` (in the calling thread's network namespace) and pins the
+/// link, unless that program is attached already. Another exitd program on the interface is
+/// replaced; stale pins of a recreated interface of the same name are removed.
+pub fn attach_xdp(
+    pins: &PinDir,
+    ifname: &str,
+    program: XdpProgram,
+    mode: XdpModeArg,
+) -> Result<AttachOutcome> {
     let ifindex = iface::index_of(ifname)?;
     pins.ensure()?;
     for old in attachments(pins)?
         .into_iter()
         .filter(|a| a.ifname == ifname)
     {
-        if old.live {
+        if old.live && old.program == program.name() {
             return Ok(AttachOutcome::AlreadyAttached { ifindex });
         }
         tracing::info!(
             ifname,
             old_ifindex = old.ifindex,
-            "removing stale XDP link pin"
+            old.program,
+            "removing old XDP link"
         );
         unpin(&old)?;
     }
-    let mut ebpf = EbpfLoader::new()
-        .map_pin_path(IFACE_COUNTERS_MAP, pins.map(IFACE_COUNTERS_MAP))
-        .load(OBJECT)
-        .context(
-            "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
-        )?;
-    let program: &mut Xdp = ebpf
-        .program_mut(XDP_COUNT)
-        .with_context(|| format!("the eBPF object has no program {XDP_COUNT}"))?
+    let mut loader = EbpfLoader::new();
+    // Every map is pinned: all programs and all later runs of exitd share the same state.
+    for map in std::iter::once(IFACE_COUNTERS_MAP).chain(FWD6_MAPS) {
+        loader.map_pin_path(map, pins.map(map));
+    }
+    let mut ebpf = loader.load(OBJECT).context(
+        "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
+    )?;
+    let name = program.name();
+    let xdp: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
         .try_into()?;
-    program
-        .load()
-        .with_context(|| format!("the kernel refused to load {XDP_COUNT}"))?;
-    let link_id = program
+    xdp.load()
+        .with_context(|| format!("the kernel refused to load {name}"))?;
+    let link_id = xdp
         .attach_to_if_index(ifindex, mode.into())
-        .with_context(|| format!("cannot attach {XDP_COUNT} to {ifname} in {mode:?} mode"))?;
-    pin_link(program, link_id, pins, ifname, ifindex)?;
-    tracing::info!(ifname, ifindex, ?mode, "attached {XDP_COUNT}");
+        .with_context(|| format!("cannot attach {name} to {ifname} in {mode:?} mode"))?;
+    let link = xdp.take_link(link_id)?;
+    pin_link(link, pins, name, ifname, ifindex)?;
+    tracing::info!(ifname, ifindex, ?mode, "attached {name}");
     Ok(AttachOutcome::Attached { ifindex })
 }
 
-fn pin_link(
-    program: &mut Xdp,
-    link_id: aya::programs::xdp::XdpLinkId,
-    pins: &PinDir,
-    ifname: &str,
-    ifindex: u32,
-) -> Result<()> {
-    let link = program.take_link(link_id)?;
+fn pin_link(link: XdpLink, pins: &PinDir, program: &str, ifname: &str, ifindex: u32) -> Result<()> {
     let fd_link = FdLink::try_from(link).context(
         "the kernel attached XDP without a bpf_link (kernel older than 5.9?): \
          the attachment cannot be pinned",
     )?;
-    let path = pins.links_dir().join(link_file_name(ifname, ifindex));
+    let path = pins
+        .links_dir()
+        .join(link_file_name(program, ifname, ifindex));
     fd_link
         .pin(&path)
         .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
@@ -192,11 +227,13 @@ pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
         unpin(&attachment)?;
         detached.push(attachment.ifname);
     }
-    let counters = pins.map(IFACE_COUNTERS_MAP);
-    match fs::remove_file(&counters) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", counters.display())),
+    for map in std::iter::once(IFACE_COUNTERS_MAP).chain(FWD6_MAPS) {
+        let path = pins.map(map);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
     }
     Ok(detached)
 }
@@ -207,28 +244,25 @@ mod tests {
 
     #[test]
     fn link_file_names_round_trip() {
-        let file = link_file_name("veth-1abc-1", 42);
-        assert_eq!(file, "xdp@veth-1abc-1@42");
-        assert_eq!(
-            parse_link_file_name(&file),
-            Some(("veth-1abc-1".to_string(), 42))
-        );
+        let file = link_file_name("xdp_fwd6", "veth-1abc-1", 42);
+        assert_eq!(file, "xdp_fwd6@veth-1abc-1@42");
+        let parsed = parse_link_file_name(&file);
+        assert_eq!(parsed, Some(("xdp_fwd6".into(), "veth-1abc-1".into(), 42)));
     }
 
     #[test]
     fn dotted_interface_names_get_no_dot_in_the_pin() {
-        let file = link_file_name("eth0.100", 7);
+        let file = link_file_name("xdp_count", "eth0.100", 7);
         assert!(!file.contains('.'), "bpffs refuses dots: {file}");
-        assert_eq!(
-            parse_link_file_name(&file),
-            Some(("eth0.100".to_string(), 7))
-        );
+        let parsed = parse_link_file_name(&file);
+        assert_eq!(parsed, Some(("xdp_count".into(), "eth0.100".into(), 7)));
     }
 
     #[test]
     fn foreign_files_are_not_links() {
         assert_eq!(parse_link_file_name("IFACE_COUNTERS"), None);
-        assert_eq!(parse_link_file_name("xdp@eth0@x"), None);
+        assert_eq!(parse_link_file_name("xdp_count@eth0@x"), None);
         assert_eq!(parse_link_file_name("eth0@3"), None);
+        assert_eq!(parse_link_file_name("other@eth0@3"), None);
     }
 }

@@ -6,12 +6,16 @@
 //! with it the attachment.
 
 mod attach;
+pub mod cli;
 mod counters;
 pub mod fwd6;
+pub mod gateway;
+pub mod metrics;
 mod pins;
 
 pub use attach::{
-    AttachOutcome, Attachment, XdpModeArg, attach_xdp, attachments, detach_all, detach_xdp,
+    AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attachments, detach_all,
+    detach_xdp,
 };
 pub use counters::{IfaceCounters, read_iface_counters};
 pub use pins::PinDir;
@@ -21,3 +25,5 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the XDP program that counts and passes every frame.
 pub const XDP_COUNT: &str = "xdp_count";
+/// Name of the XDP program that forwards IPv6 per /64.
+pub const XDP_FWD6: &str = "xdp_fwd6";

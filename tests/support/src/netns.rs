@@ -56,22 +56,24 @@ impl NetNs {
         run(self.command(program).args(args))
     }
 
-    /// Runs `f` on a new thread that has entered this namespace, so sockets it opens live
-    /// there; returns what `f` returns.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// Runs `f` on a new thread that has entered this namespace, so sockets it opens and
+    /// ifindexes it resolves belong there; returns what `f` returns. `f` may borrow.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let ns_file = File::open(self.path())
             .with_context(|| format!("cannot open {}", self.path().display()))?;
-        let handle = std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(move || {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(f())
+            });
+            match handle.join() {
+                Ok(result) => result.context("setns into the test namespace"),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok(f())
-        });
-        match handle.join() {
-            Ok(result) => result.context("setns into the test namespace"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        })
     }
 
     /// Sets a sysctl inside the namespace (e.g. `net.ipv6.conf.all.forwarding`, `0`).

@@ -1,0 +1,426 @@
+//! The forwarder on an exit node's gateway: attaching it to the gateway's links, turning the
+//! plan's data-plane entries plus the namespace's links and neighbours into map contents,
+//! and keeping the maps current as neighbours come and go.
+//!
+//! Everything runs on a thread inside the gateway's network namespace: ifindexes, the
+//! devmap's interfaces and netlink sockets all belong to the namespace of the caller.
+
+use super::{
+    AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp,
+    fwd6::{Fwd6Maps, Fwd6Table, SyncReport, prefix64},
+};
+use crate::{
+    netlink::netns,
+    plan::{LinkKind, Plan},
+};
+use anyhow::{Context, Result, bail};
+use exitd_common::{MAX_ROUTES6, ROUTE_NEIGH_KNOWN, Route6};
+use futures::{StreamExt, TryStreamExt};
+use ipnet::{IpNet, Ipv6Net};
+use rtnetlink::{
+    Handle,
+    packet_route::{
+        link::LinkAttribute,
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage,
+            NeighbourState,
+        },
+    },
+};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+/// Counter slot of the default route (LPM routes use the slots after the /64s).
+pub const DEFAULT_ROUTE_ID: u32 = MAX_ROUTES6;
+
+/// The route id of a tenant /64: its nibble (bytes 6..8). Tenant prefixes lie in one /48,
+/// so the nibble is unique, and it stays the same however the route table changes.
+pub fn route_id(prefix: &Ipv6Net) -> u32 {
+    let o = prefix.addr().octets();
+    u32::from(u16::from_be_bytes([o[6], o[7]]))
+}
+
+/// A link of the namespace as the forwarder needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkFact {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// The namespace's links by name and its resolved IPv6 neighbours by (ifindex, address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub links: BTreeMap<String, LinkFact>,
+    pub neighbours: BTreeMap<(u32, Ipv6Addr), [u8; 6]>,
+}
+
+/// The forwarder's map contents for `plan` given the namespace's links and neighbours.
+/// A route whose next hop is not resolved yet is installed without a MAC: the program then
+/// leaves its packets to the kernel until the neighbour is known.
+pub fn table_for(plan: &Plan, facts: &LinkFacts) -> Result<Fwd6Table> {
+    let dp = &plan.dataplane;
+    let mut table = Fwd6Table::default();
+    let mut route_via = |link: &str, next_hop: Ipv6Addr, route_id: u32| -> Result<Route6> {
+        let Some(fact) = facts.links.get(link) else {
+            bail!(
+                "link {link} of the plan does not exist in namespace {} (apply the plan first)",
+                dp.namespace
+            );
+        };
+        table.ports.insert(fact.ifindex);
+        let neighbour = facts.neighbours.get(&(fact.ifindex, next_hop));
+        Ok(Route6 {
+            ifindex: fact.ifindex,
+            route_id,
+            dst_mac: neighbour.copied().unwrap_or_default(),
+            src_mac: fact.mac,
+            flags: if neighbour.is_some() {
+                ROUTE_NEIGH_KNOWN
+            } else {
+                0
+            },
+        })
+    };
+    let default = route_via(
+        &dp.default_route.link,
+        dp.default_route.next_hop,
+        DEFAULT_ROUTE_ID,
+    )?;
+    let mut routes64 = BTreeMap::new();
+    for p in &dp.prefixes {
+        let route = route_via(&p.link, p.next_hop, route_id(&p.prefix))?;
+        routes64.insert(prefix64(p.prefix.addr()), route);
+    }
+    table.routes64 = routes64;
+    table.lpm.insert((0, [0; 16]), default);
+    for link in &plan.gateway.links {
+        for addr in &link.addresses {
+            if let IpNet::V6(net) = addr
+                && !is_link_local(net.addr())
+            {
+                table.local.insert(net.addr().octets());
+            }
+        }
+    }
+    Ok(table)
+}
+
+fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Next hops of the plan: (link, address) pairs whose MACs the forwarder needs.
+fn next_hops(plan: &Plan) -> Vec<(String, Ipv6Addr)> {
+    let dp = &plan.dataplane;
+    let mut hops = vec![(dp.default_route.link.clone(), dp.default_route.next_hop)];
+    hops.extend(dp.prefixes.iter().map(|p| (p.link.clone(), p.next_hop)));
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
+/// Reads the namespace's links (ifindex, MAC) and resolved IPv6 neighbours.
+pub async fn observe(handle: &Handle) -> Result<LinkFacts> {
+    let mut facts = LinkFacts::default();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("cannot list links")? {
+        let mut name = None;
+        let mut mac = [0u8; 6];
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Address(a) if a.len() == 6 => mac.copy_from_slice(a),
+                _ => {}
+            }
+        }
+        if let Some(name) = name {
+            facts.links.insert(
+                name,
+                LinkFact {
+                    ifindex: msg.header.index,
+                    mac,
+                },
+            );
+        }
+    }
+    let mut neighbours = handle
+        .neighbours()
+        .get()
+        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet6)
+        .execute();
+    while let Some(msg) = neighbours
+        .try_next()
+        .await
+        .context("cannot list neighbours")?
+    {
+        if let Some((key, mac)) = resolved_neighbour(&msg) {
+            facts.neighbours.insert(key, mac);
+        }
+    }
+    Ok(facts)
+}
+
+/// A neighbour entry with a usable link-layer address.
+fn resolved_neighbour(msg: &NeighbourMessage) -> Option<((u32, Ipv6Addr), [u8; 6])> {
+    let usable = matches!(
+        msg.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    );
+    if !usable {
+        return None;
+    }
+    let mut addr = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(l);
+                mac = Some(m);
+            }
+            _ => {}
+        }
+    }
+    Some(((msg.header.ifindex, addr?), mac?))
+}
+
+/// Asks the kernel to resolve every next hop and keep it resolved (a "managed" neighbour,
+/// Linux ≥ 5.16): the fast path never sends through the kernel, so nothing else would.
+async fn ensure_managed_neighbours(handle: &Handle, plan: &Plan, facts: &LinkFacts) -> Result<()> {
+    for (link, addr) in next_hops(plan) {
+        let Some(fact) = facts.links.get(&link) else {
+            continue;
+        };
+        if facts.neighbours.contains_key(&(fact.ifindex, addr)) {
+            continue;
+        }
+        let mut request = handle
+            .neighbours()
+            .add(fact.ifindex, IpAddr::V6(addr))
+            .replace();
+        let msg = request.message_mut();
+        msg.header.state = NeighbourState::None;
+        msg.attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        if let Err(e) = request.execute().await {
+            // An existing resolved entry of another kind is fine; anything else is logged,
+            // and the kernel still resolves the neighbour when it forwards.
+            tracing::debug!(%addr, link, error = %e, "cannot add a managed neighbour");
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the forwarder to the gateway's links and a pass program to the far ends of the
+/// gateway's veths (a frame redirected into a veth is dropped unless its peer runs XDP).
+/// Each namespace pins into its own subdirectory of `pin_root`.
+pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
+    let gw = plan.dataplane.namespace.clone();
+    let pins = PinDir::new(pin_root.join(&gw));
+    let mut fwd_links: Vec<String> = next_hops(plan).into_iter().map(|(link, _)| link).collect();
+    fwd_links.dedup();
+    netns::run_in(Some(&gw), move || async move {
+        for link in &fwd_links {
+            log_attach(link, attach_xdp(&pins, link, XdpProgram::Fwd6, mode)?);
+        }
+        Ok(())
+    })?;
+    for link in &plan.gateway.links {
+        if let LinkKind::Veth {
+            peer,
+            peer_namespace,
+        } = &link.kind
+        {
+            let pins = PinDir::new(pin_root.join(peer_namespace));
+            let peer = peer.clone();
+            netns::run_in(Some(peer_namespace), move || async move {
+                log_attach(&peer, attach_xdp(&pins, &peer, XdpProgram::Count, mode)?);
+                crate::iface::set_tx_checksum(&peer, false)?;
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn log_attach(link: &str, outcome: AttachOutcome) {
+    match outcome {
+        AttachOutcome::Attached { ifindex } => tracing::info!(link, ifindex, "XDP attached"),
+        AttachOutcome::AlreadyAttached { ifindex } => {
+            tracing::debug!(link, ifindex, "XDP already attached")
+        }
+    }
+}
+
+/// Makes the forwarder's maps match the plan once, waiting up to `wait` for next hops to
+/// resolve. Returns what changed.
+pub fn sync(plan: &Plan, pin_root: &Path, wait: Duration) -> Result<SyncReport> {
+    let gw = plan.dataplane.namespace.clone();
+    let pins = PinDir::new(pin_root.join(&gw));
+    let plan = plan.clone();
+    netns::run_in(Some(&gw), move || async move {
+        let handle = netns::connect()?;
+        let mut maps = Fwd6Maps::open_pinned(&pins)?;
+        let facts = observe(&handle).await?;
+        ensure_managed_neighbours(&handle, &plan, &facts).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut table = table_for(&plan, &observe(&handle).await?)?;
+        while !all_resolved(&table) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            table = table_for(&plan, &observe(&handle).await?)?;
+        }
+        maps.sync(&table)
+    })
+}
+
+fn all_resolved(table: &Fwd6Table) -> bool {
+    table
+        .routes64
+        .values()
+        .chain(table.lpm.values())
+        .all(|r| r.flags & ROUTE_NEIGH_KNOWN != 0)
+}
+
+/// Follows neighbour and link changes in the gateway namespace and re-syncs the maps after
+/// each burst of changes, until the process ends. Runs on its own thread.
+pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>> {
+    let gw = plan.dataplane.namespace.clone();
+    let pins = PinDir::new(pin_root.join(&gw));
+    std::thread::spawn(move || {
+        netns::run_in(Some(&gw.clone()), move || async move {
+            let (mut connection, handle, mut events) = rtnetlink::new_connection()?;
+            use rtnetlink::sys::{AsyncSocket, SocketAddr};
+            // Legacy group bitmask: bit (group - 1) for RTNLGRP_LINK (1) and RTNLGRP_NEIGH (3).
+            const RTMGRP_LINK: u32 = 1;
+            const RTMGRP_NEIGH: u32 = 1 << 2;
+            let groups = RTMGRP_LINK | RTMGRP_NEIGH;
+            connection
+                .socket_mut()
+                .socket_mut()
+                .bind(&SocketAddr::new(0, groups))
+                .context("cannot subscribe to neighbour events")?;
+            tokio::spawn(connection);
+            let mut maps = Fwd6Maps::open_pinned(&pins)?;
+            loop {
+                let facts = observe(&handle).await?;
+                ensure_managed_neighbours(&handle, &plan, &facts).await?;
+                let report = maps.sync(&table_for(&plan, &facts)?)?;
+                if report.changed() {
+                    tracing::info!(?report, "forwarder maps updated");
+                }
+                if events.next().await.is_none() {
+                    bail!("the netlink event stream of {gw} ended");
+                }
+                // Let a burst of events settle, then take them all at once.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{NetworkConfig, derive};
+
+    fn seed_plan() -> Plan {
+        let resources: Vec<Ipv6Net> = ["2a02:1802:5e:1abc::/64", "2a02:1802:5e:1123::/64"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let config = NetworkConfig::quick("2a02:1802:5e::/48".parse().unwrap(), 1, 1, &resources);
+        derive(&config).expect("the seed example is valid")
+    }
+
+    fn facts_for(plan: &Plan, resolved: bool) -> LinkFacts {
+        let mut facts = LinkFacts::default();
+        for (i, link) in plan.gateway.links.iter().enumerate() {
+            let ifindex = i as u32 + 2;
+            facts.links.insert(
+                link.name.clone(),
+                LinkFact {
+                    ifindex,
+                    mac: [2, 0, 0, 0, 0, ifindex as u8],
+                },
+            );
+        }
+        if resolved {
+            for (link, addr) in next_hops(plan) {
+                let ifindex = facts.links[&link].ifindex;
+                facts
+                    .neighbours
+                    .insert((ifindex, addr), [2, 0xee, 0, 0, 0, ifindex as u8]);
+            }
+        }
+        facts
+    }
+
+    #[test]
+    fn the_seed_example_becomes_two_routes_a_default_route_and_the_gateway_address() {
+        let plan = seed_plan();
+        let table = table_for(&plan, &facts_for(&plan, true)).unwrap();
+        let to_1abc = &plan
+            .dataplane
+            .prefixes
+            .iter()
+            .find(|p| p.link.contains("1abc"))
+            .unwrap()
+            .link;
+        let route = table.routes64[&prefix64("2a02:1802:5e:1abc::".parse().unwrap())];
+        assert_eq!(route.route_id, 0x1abc);
+        assert_eq!(route.flags, ROUTE_NEIGH_KNOWN);
+        assert_eq!(route.ifindex, facts_for(&plan, true).links[to_1abc].ifindex);
+        assert_eq!(table.routes64.len(), 2);
+        let default = table.lpm[&(0, [0; 16])];
+        assert_eq!(default.route_id, DEFAULT_ROUTE_ID);
+        let gw_pub: Ipv6Addr = "2a02:1802:5e:0:1000::1".parse().unwrap();
+        assert!(
+            table.local.contains(&gw_pub.octets()),
+            "the gateway's GWPubIP6 is local"
+        );
+        assert!(
+            table
+                .local
+                .iter()
+                .all(|a| !is_link_local(Ipv6Addr::from(*a)))
+        );
+        assert_eq!(table.ports.len(), 3, "uplink and two ExitPoint links");
+    }
+
+    #[test]
+    fn unresolved_next_hops_are_installed_without_a_mac() {
+        let plan = seed_plan();
+        let table = table_for(&plan, &facts_for(&plan, false)).unwrap();
+        assert!(
+            table
+                .routes64
+                .values()
+                .all(|r| r.flags == 0 && r.dst_mac == [0; 6])
+        );
+        assert!(!all_resolved(&table));
+    }
+
+    #[test]
+    fn a_missing_link_names_the_link_and_the_remedy() {
+        let plan = seed_plan();
+        let mut facts = facts_for(&plan, true);
+        let uplink = plan.dataplane.default_route.link.clone();
+        facts.links.remove(&uplink);
+        let err = table_for(&plan, &facts).unwrap_err().to_string();
+        assert!(
+            err.contains(&uplink) && err.contains("apply the plan"),
+            "{err}"
+        );
+    }
+}
