@@ -23,7 +23,7 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 
 /// Adds one frame of this context's length to its interface's counter on this CPU.
 #[inline(always)]
-fn count_frame(ctx: &XdpContext) {
+pub fn count_frame(ctx: &XdpContext) {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     if let Some(counters) = IFACE_COUNTERS.get_ptr_mut(ifindex) {

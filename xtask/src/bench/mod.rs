@@ -2,6 +2,7 @@
 //! the same run, prints ratios and writes JSON to `bench/results/<name>.json`.
 
 mod broker;
+mod dataplane;
 
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 type Bench = fn(&Path) -> Result<serde_json::Value>;
 
 /// Registered benchmarks, in the order `cargo xtask bench` runs them.
-const BENCHES: &[(&str, Bench)] = &[("broker", broker::run)];
+const BENCHES: &[(&str, Bench)] = &[("dataplane", dataplane::run), ("broker", broker::run)];
 
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
     for name in names {
