@@ -71,13 +71,14 @@ impl ExitNode {
         let mut text = format!(
             "[dataplane]\npin_dir = {pins:?}\n\n[network]\nallocation = \"2a02:1802:5e::/48\"\n\
              exit_node = 1\nalloc_nr = {a}\nuplink = \"upl0\"\nnamespace_prefix = \"{prefix}\"\n\
-             key_dir = \"{keys}\"\n\n[[network.tenants]]\nname = \"alice\"\n\
+             key_dir = \"{keys}\"\nwireguard = \"userspace\"\nstate_dir = \"{state}\"\n\n[[network.tenants]]\nname = \"alice\"\n\
              [[network.tenants.resources]]\nnode = \"exit\"\nprefix = \"2a02:1802:5e:1abc::/64\"\n\
              exitpoint = true\n",
             pins = self.pins.path(),
             a = self.alloc_nr,
             prefix = self.prefix,
             keys = self.dir.join("keys").display(),
+            state = self.dir.join("state").display(),
         );
         if with_bob {
             text.push_str(
@@ -332,6 +333,8 @@ fn removing_a_resource_removes_its_route_and_stops_its_traffic() {
 #[test]
 fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
     let node = ready_node();
+    let prefix = "2a02:1802:5e:1abc::/64";
+    let before = node.route_packets(prefix);
     let flood = node
         .upstream
         .command("ping")
@@ -339,9 +342,23 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Restart: the agent's whole data-plane start-up path, twice, while packets flow.
+    // Restart the daemon twice while packets flow: it re-applies the plan, reuses the pinned
+    // maps and links and resumes following neighbours; SIGTERM leaves forwarding up.
     for _ in 0..2 {
-        node.exitd(&["dataplane", "sync", "--config", &node.config()]);
+        let mut daemon = node
+            .host
+            .command(EXITD)
+            .args(["run", "--config", &node.config()])
+            .spawn()
+            .unwrap();
+        let running = poll_until(Duration::from_secs(20), || {
+            let routes = node.route_packets(prefix);
+            (routes > before).then_some(())
+        });
+        assert!(running.is_some());
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        assert!(daemon.wait().unwrap().success(), "clean exit on SIGTERM");
     }
     let out = flood.wait_with_output().unwrap();
     let (sent, received) = parse_ping(&String::from_utf8_lossy(&out.stdout));
@@ -350,6 +367,11 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
         sent - received <= 5,
         "lost {} of {sent} packets across agent restarts",
         sent - received
+    );
+    let forwarded = node.route_packets(prefix) - before;
+    assert!(
+        forwarded >= u64::from(received),
+        "XDP forwarded them all ({forwarded} of {received})"
     );
 }
 
