@@ -34,18 +34,22 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         sweep_stale_runs();
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("exitd-plan-test-{pid}"));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 10, "at most 10 fixtures per test process");
+        let dir = std::env::temp_dir().join(format!("exitd-plan-test-{pid}-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         Fixture {
             host: NetNs::new("host").unwrap(),
             upstream: NetNs::new("up").unwrap(),
             remote: NetNs::new("far").unwrap(),
             dir,
-            prefix: format!("xp{pid}-"),
-            // Unique per process: WireGuard control sockets are shared machine-wide.
-            alloc_nr: pid % 100_000,
+            prefix: format!("xp{pid}-{n}-"),
+            // Unique per fixture (5 digits at most, for 15-byte names): WireGuard control
+            // sockets are shared machine-wide.
+            alloc_nr: (pid % 10_000) * 10 + n,
             remote_wg: None,
         }
     }
@@ -77,6 +81,8 @@ gateway_ipv4 = "185.69.166.123/24"
 upstream_ipv4 = "185.69.166.1"
 namespace_prefix = "{prefix}"
 key_dir = "{keys}"
+wireguard = "userspace"
+state_dir = "{state}"
 
 [[network.tenants]]
 name = "alice"
@@ -92,6 +98,7 @@ exitpoint = true
             a = self.alloc_nr,
             prefix = self.prefix,
             keys = self.dir.join("keys").display(),
+            state = self.dir.join("state").display(),
         );
         if let Some(key) = remote_key {
             text.push_str(&format!(
@@ -171,11 +178,14 @@ fn sweep_stale_runs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("exitd-plan-test-") else {
+        let Some((pid, n)) = name
+            .strip_prefix("exitd-plan-test-")
+            .and_then(|rest| rest.split_once('-'))
+        else {
             continue;
         };
         if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            clean_run(&entry.path(), &format!("xp{pid}-"));
+            clean_run(&entry.path(), &format!("xp{pid}-{n}-"));
         }
     }
 }
@@ -609,6 +619,49 @@ fn peer_count(ns: &str, wg: &str, state_dir: PathBuf) -> usize {
             .peers
             .len()
     })
+}
+
+/// `exitd run` applies the configured network at start-up (WireGuard backend and state
+/// directory from the configuration), then runs until SIGTERM.
+#[test]
+fn daemon_applies_the_network_at_start() {
+    require_root();
+    let fx = Fixture::new();
+    fx.write_config(None, true);
+    // Only the reconciler here: the XDP forwarder (dataplane.forward) has its own tests.
+    let mut text = std::fs::read_to_string(fx.config_path()).unwrap();
+    text.insert_str(0, "[dataplane]\nforward = false\n\n");
+    std::fs::write(fx.config_path(), text).unwrap();
+    setup_upstream(&fx);
+    let config = fx.config_path();
+    let mut daemon = fx
+        .host
+        .command(EXITD)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (gw, bob) = (fx.gw(), fx.ep("1123"));
+    let applied = poll_until(Duration::from_secs(30), || {
+        let ready = exitd::netlink::netns::exists(&bob)
+            && ip(&bob, &["-6", "route"])
+                .iter()
+                .any(|l| l.starts_with("default via fe80::1:1123"));
+        ready.then_some(())
+    });
+    // SAFETY: the pid of the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(applied.is_some(), "the daemon did not apply the network");
+    assert!(status.success(), "daemon exited with {status}");
+    assert!(
+        ip(&gw, &["-6", "route"])
+            .iter()
+            .any(|l| l.starts_with("default via fe80::1 dev pub-1-"))
+    );
+    eventually_pings(&fx.upstream.path(), &["2a02:1802:5e:1123::1"]);
+    assert_eq!(fx.apply().trim(), "no changes");
 }
 
 fn exitd_plan(args: &[&str]) -> Output {
