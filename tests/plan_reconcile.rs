@@ -463,6 +463,10 @@ fn reconciler_builds_the_seed_network_and_removes_exactly_what_is_gone() {
     eventually_pings(&up, &["2a02:1802:5e:1123::1"]);
     // IPv4 out of a tenant network only works through the gateway's SNAT.
     eventually_pings(&netns_path(&alice), &["-I", "10.26.188.1", "185.69.166.1"]);
+    assert!(
+        ping(&netns_path(&alice), &["2a02:1802:5e:1abc::1"]),
+        "lo of the ExitPoint is down"
+    );
     eventually_pings(&fx.remote.path(), &["-I", "10.29.0.1", "185.69.166.1"]);
     eventually_pings(&up, &["2a02:1802:5e:1d00::1"]);
 

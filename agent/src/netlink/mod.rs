@@ -328,6 +328,12 @@ async fn bring_up(
     links: &BTreeMap<String, observe::Link>,
 ) -> Result<Vec<String>> {
     let mut changes = Vec::new();
+    // Loopback of a namespace exitd made: local traffic (a service talking to itself, a
+    // ping of the namespace's own address) needs it.
+    if let Some(lo) = links.get("lo").filter(|lo| !lo.up) {
+        observe::set_up(handle, lo.index).await?;
+        changes.push("set lo up".to_string());
+    }
     for link in &ns.links {
         let index = link_index(links, &link.name)?;
         // No kernel-made link-local on exitd's links: their addresses are all in the plan.
