@@ -38,44 +38,35 @@ fn cstr(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_encoded_bytes()).context("path contains NUL")
 }
 
+/// mount(2) without a file system type or data; true on success.
+fn mount(source: &CString, target: &CString, flags: libc::c_ulong) -> bool {
+    let none = c"none";
+    // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
+    unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            none.as_ptr(),
+            flags,
+            std::ptr::null(),
+        ) == 0
+    }
+}
+
 /// Like iproute2: /run/netns is a shared mount, so namespaces mounted there are visible in
 /// mount namespaces created later.
 fn prepare_dir() -> Result<()> {
     std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("cannot create {NETNS_DIR}"))?;
     let dir = cstr(Path::new(NETNS_DIR))?;
     let none = CString::new("none")?;
-    let flags = libc::MS_SHARED | libc::MS_REC;
-    // SAFETY: valid NUL-terminated strings; mount only changes propagation here.
-    if unsafe {
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    } == 0
-    {
+    let shared = libc::MS_SHARED | libc::MS_REC;
+    if mount(&none, &dir, shared) {
         return Ok(());
     }
-    // Not a mount point yet: bind it onto itself, then make it shared.
-    // SAFETY: as above.
-    unsafe {
-        libc::mount(
-            dir.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        );
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            flags,
-            std::ptr::null(),
-        );
-    }
+    // Not a mount point yet: bind it onto itself, then make it shared. Best effort: without
+    // it namespaces still work in this mount namespace.
+    mount(&dir, &dir, libc::MS_BIND | libc::MS_REC);
+    mount(&none, &dir, shared);
     Ok(())
 }
 
@@ -94,18 +85,7 @@ pub fn create(name: &str) -> Result<()> {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let source = CString::new(format!("/proc/self/task/{tid}/ns/net"))?;
-        let none = CString::new("none")?;
-        // SAFETY: valid NUL-terminated paths.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target_c.as_ptr(),
-                none.as_ptr(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
+        if !mount(&source, &target_c, libc::MS_BIND) {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
