@@ -349,13 +349,10 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
             .host
             .command(EXITD)
             .args(["run", "--config", &node.config()])
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let running = poll_until(Duration::from_secs(20), || {
-            let routes = node.route_packets(prefix);
-            (routes > before).then_some(())
-        });
-        assert!(running.is_some());
+        wait_for_log(&mut daemon, "exitd running", Duration::from_secs(20));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
         assert!(daemon.wait().unwrap().success(), "clean exit on SIGTERM");
@@ -373,6 +370,26 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
         forwarded >= u64::from(received),
         "XDP forwarded them all ({forwarded} of {received})"
     );
+}
+
+/// Waits until the child's stderr (tracing logs) shows `needle`; keeps draining it after.
+fn wait_for_log(child: &mut std::process::Child, needle: &str, timeout: Duration) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(&needle) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(timeout)
+        .expect("the daemon reports it is running");
 }
 
 /// A namespace given by path (the reconciler's namespaces are not test-kit `NetNs`).

@@ -225,6 +225,7 @@ async fn ensure_managed_neighbours(handle: &Handle, plan: &Plan, facts: &LinkFac
 /// gateway's veths (a frame redirected into a veth is dropped unless its peer runs XDP).
 /// Each namespace pins into its own subdirectory of `pin_root`.
 pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
+    prune_stale_namespaces(pin_root)?;
     let gw = plan.dataplane.namespace.clone();
     let pins = PinDir::new(pin_root.join(&gw));
     let mut fwd_links: Vec<String> = next_hops(plan).into_iter().map(|(link, _)| link).collect();
@@ -251,6 +252,30 @@ pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the pin directories of namespaces that no longer exist (a removed ExitPoint, a
+/// gateway handed to another node): their links are defunct and their maps unused.
+pub fn prune_stale_namespaces(pin_root: &Path) -> Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(pin_root) else {
+        return Ok(Vec::new());
+    };
+    let mut pruned = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Namespace directories hold a `links` directory; the root's own files are maps.
+        let is_namespace_dir = name != "links" && entry.path().join("links").is_dir();
+        if is_namespace_dir && !netns::exists(&name) {
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove stale pins {}", entry.path().display()))?;
+            tracing::info!(
+                namespace = name,
+                "removed the pins of a namespace that is gone"
+            );
+            pruned.push(name);
+        }
+    }
+    Ok(pruned)
 }
 
 fn log_attach(link: &str, outcome: AttachOutcome) {
