@@ -17,6 +17,9 @@ pub struct Config {
     /// The Parker broker (`[parker]`); absent: no broker.
     #[serde(default)]
     pub parker: Option<crate::parker::BrokerConfig>,
+    /// Configuration registry: default layers and rules (`[registry]`); absent: none.
+    #[serde(default)]
+    pub registry: Option<crate::registry::RegistryConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -9,4 +9,5 @@ pub mod iface;
 pub mod netlink;
 pub mod parker;
 pub mod plan;
+pub mod registry;
 pub mod wireguard;

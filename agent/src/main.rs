@@ -36,6 +36,9 @@ enum Command {
     Broker(exitd::parker::cli::BrokerArgs),
     /// Create a signify key pair for signing broker responses.
     Keygen(exitd::parker::cli::KeygenArgs),
+    /// Explain and check the configuration registry (layers, rules, origins).
+    #[command(subcommand)]
+    Config(exitd::registry::cli::ConfigCommand),
 }
 
 fn main() -> ExitCode {
@@ -72,5 +75,6 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Keygen(args) => exitd::parker::cli::keygen(args),
         Command::Plan(args) => exitd::plan::cli::run(args),
         Command::Apply(args) => exitd::netlink::run_apply(args),
+        Command::Config(cmd) => exitd::registry::cli::run(cmd),
     }
 }

@@ -1,7 +1,7 @@
 //! `exitd broker` (standalone broker) and `exitd keygen` (signify key pair for the nodes).
 
 use super::{BrokerConfig, http, sign};
-use crate::config::Config;
+use crate::{config::Config, registry::RegistryConfig};
 use anyhow::{Context, Result};
 use ipnet::Ipv6Net;
 use std::{
@@ -51,21 +51,31 @@ pub struct KeygenArgs {
     pub force: bool,
 }
 
-fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig> {
-    let mut config = match (&args.config, &args.wgkex_config) {
-        (Some(path), _) => Config::load(path)?
-            .parker
-            .with_context(|| format!("{} has no [parker] section", path.display()))?,
+/// The broker's section and the registry section of the configuration.
+fn broker_config(args: &BrokerArgs) -> Result<(BrokerConfig, Option<RegistryConfig>)> {
+    let (mut config, registry) = match (&args.config, &args.wgkex_config) {
+        (Some(path), _) => {
+            let file = Config::load(path)?;
+            let parker = file
+                .parker
+                .with_context(|| format!("{} has no [parker] section", path.display()))?;
+            (parker, file.registry)
+        }
         (None, Some(path)) => {
             let imported = super::wgkex::load(path)?;
             for finding in &imported.findings {
                 tracing::warn!("{}: {finding}", path.display());
                 eprintln!("warning: {}: {finding}", path.display());
             }
-            imported.config
+            (imported.config, None)
         }
         (None, None) => anyhow::bail!("give --config or --wgkex-config"),
     };
+    apply_overrides(args, &mut config);
+    Ok((config, registry))
+}
+
+fn apply_overrides(args: &BrokerArgs, config: &mut BrokerConfig) {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -75,16 +85,55 @@ fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig> {
     if let Some(parent) = args.ipam_parent {
         config.ipam.parent = parent;
     }
-    Ok(config)
+}
+
+/// SIGHUP: re-reads `--config` and applies the new per-node settings atomically, or keeps
+/// the running ones and logs why.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    broker: Arc<http::Broker>,
+    args: Arc<BrokerArgs>,
+) {
+    while hup.recv().await.is_some() {
+        let Some(path) = &args.config else {
+            tracing::warn!("SIGHUP ignored: reloading needs --config (not --wgkex-config)");
+            continue;
+        };
+        let result = Config::load(path).and_then(|mut file| {
+            if let Some(parker) = file.parker.as_mut() {
+                apply_overrides(&args, parker);
+            }
+            broker.reload(&file)
+        });
+        match result {
+            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                "configuration reload failed; keeping the running configuration: {e:#}"
+            ),
+        }
+    }
 }
 
 /// `exitd broker`: serves until SIGTERM/SIGINT. Prints `listening on http://ADDR` on stdout
 /// once ready (with the real port when 0 was asked for).
 pub fn run_broker(args: BrokerArgs) -> Result<()> {
-    let config = broker_config(&args)?;
+    let (config, registry) = broker_config(&args)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    let args = Arc::new(args);
     runtime.block_on(async {
-        let broker = Arc::new(http::Broker::from_config(&config, true)?);
+        let broker = Arc::new(http::Broker::with_registry(
+            &config,
+            registry.as_ref(),
+            true,
+        )?);
+        // Installed before "listening" is printed, so a SIGHUP right after cannot kill us.
+        let hup = signal(SignalKind::hangup())?;
+        let reloader = tokio::spawn(reload_on_sighup(
+            hup,
+            Arc::clone(&broker),
+            Arc::clone(&args),
+        ));
         let listener = http::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "Parker broker listening");
@@ -99,7 +148,9 @@ pub fn run_broker(args: BrokerArgs) -> Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        http::serve(listener, broker, shutdown).await
+        let served = http::serve(listener, broker, shutdown).await;
+        reloader.abort();
+        served
     })
 }
 

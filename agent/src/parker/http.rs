@@ -3,9 +3,15 @@
 //! `{"error":{"message":"..."}}` with a 4xx/5xx status; handlers never panic on input.
 
 use super::{
-    Assigned, BrokerConfig, Concentrators, ParkerResponse, concentrators_from_config, ipam::Ipam,
-    is_wireguard_key, open_ipam, sign::ResponseSigner, unix_now,
+    Assigned, BrokerConfig, Concentrators, ParkerResponse, concentrators_from_config,
+    ipam::Ipam,
+    is_wireguard_key,
+    items::{NodeStates, NodeTable, resolve_table},
+    open_ipam,
+    sign::ResponseSigner,
+    unix_now,
 };
+use crate::registry::RegistryConfig;
 use anyhow::{Context, Result};
 use axum::{
     Router,
@@ -20,7 +26,7 @@ use ipnet::Ipv4Net;
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -37,9 +43,12 @@ pub struct Broker {
     ipam: Arc<dyn Ipam>,
     signer: Option<ResponseSigner>,
     serve_parker: bool,
-    max_mtu: u32,
-    retry: u32,
-    wg_keepalive: u32,
+    /// Per-node answer parameters, resolved through the registry at (re)load; swapped whole.
+    settings: RwLock<Arc<NodeTable>>,
+    /// Edge-triggered rule state carried from one load to the next.
+    node_states: Mutex<NodeStates>,
+    /// The running `[parker]` section (what a reload compares against).
+    config: BrokerConfig,
     range4: Ipv4Net,
     concentrator_address4: Ipv4Addr,
     domains: Vec<String>,
@@ -49,7 +58,17 @@ pub struct Broker {
 impl Broker {
     /// Builds the broker; fails on a bad signing key or an unusable IPAM.
     pub fn from_config(config: &BrokerConfig, standalone: bool) -> Result<Broker> {
+        Self::with_registry(config, None, standalone)
+    }
+
+    /// Builds the broker with per-node settings resolved through the registry.
+    pub fn with_registry(
+        config: &BrokerConfig,
+        registry: Option<&RegistryConfig>,
+        standalone: bool,
+    ) -> Result<Broker> {
         config.validate()?;
+        let (table, states) = resolve_table(config, registry, &NodeStates::new())?;
         let signer = config.signer()?;
         match &signer {
             Some(s) => tracing::info!(format = s.format_name(), "signing key loaded"),
@@ -62,14 +81,45 @@ impl Broker {
             ipam: open_ipam(config)?,
             signer,
             serve_parker: config.parker,
-            max_mtu: config.max_mtu,
-            retry: config.retry_interval,
-            wg_keepalive: config.wg_keepalive,
+            settings: RwLock::new(Arc::new(table)),
+            node_states: Mutex::new(states),
+            config: config.clone(),
             range4: config.clat_subnet,
             concentrator_address4: config.concentrator_address4,
             domains: config.domains.clone(),
             limiter,
         })
+    }
+
+    /// Applies a re-read configuration file: the per-node settings are resolved anew and
+    /// swapped in as a whole, or, on any error, the running ones stay. Settings outside the
+    /// registry (listen address, key, IPAM, concentrators) need a restart.
+    pub fn reload(&self, file: &crate::config::Config) -> Result<()> {
+        let new = file
+            .parker
+            .as_ref()
+            .context("the new file has no [parker] section")?;
+        new.validate().context("[parker]")?;
+        let mut effective = self.config.clone();
+        effective.max_mtu = new.max_mtu;
+        effective.retry_interval = new.retry_interval;
+        effective.wg_keepalive = new.wg_keepalive;
+        if effective != *new {
+            tracing::warn!(
+                "changes to [parker] other than max_mtu, retry_interval, wg_keepalive take \
+                 effect after a restart"
+            );
+        }
+        let mut states = self.node_states.lock().unwrap_or_else(|e| e.into_inner());
+        let (table, new_states) = resolve_table(&effective, file.registry.as_ref(), &states)?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        *states = new_states;
+        Ok(())
+    }
+
+    /// The settings in force (one `Arc` clone; the table is replaced, never mutated).
+    pub fn settings(&self) -> Arc<NodeTable> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     async fn parker_config(&self, query: &str) -> Result<String, ApiError> {
@@ -85,7 +135,11 @@ impl Broker {
             tracing::error!(error = %format!("{e:#}"), "IPAM lookup failed");
             ApiError::internal("IPAM error")
         })?;
-        let assigned = self.concentrators.assign(&node.selected);
+        let table = self.settings();
+        let settings = table.get(&query.pubkey);
+        let assigned = self
+            .concentrators
+            .assign_preferring(&node.selected, &settings.prefs);
         if assigned.is_empty() {
             return Err(ApiError::bad_request("no gateway online"));
         }
@@ -95,13 +149,13 @@ impl Broker {
             nonce: &query.nonce,
             time: unix_now(),
             id: &query.pubkey,
-            mtu: query.v6mtu.min(self.max_mtu),
+            mtu: query.v6mtu.min(settings.max_mtu),
             concentrators: &assigned,
             concentrator_address4: self.concentrator_address4,
             node: &node,
             range4: self.range4,
-            wg_keepalive: self.wg_keepalive,
-            retry: self.retry,
+            wg_keepalive: settings.wg_keepalive,
+            retry: settings.retry,
         };
         Ok(response.signed_body(signer))
     }

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ipam;
+pub mod items;
 pub mod json;
 pub mod select;
 pub mod sign;
@@ -162,6 +163,64 @@ impl Concentrators {
             assigned.extend(self.random_fallback(&reported));
         }
         assigned
+    }
+
+    /// Like [`Concentrators::assign`], restricted to the node's preferred PoPs in their
+    /// order, taking a PoP's preferred concentrator while it is a candidate. When none of
+    /// those PoPs has a concentrator online, the node gets the ordinary choice: a node is
+    /// never left without a gateway by its preferences.
+    pub fn assign_preferring(
+        &self,
+        previous: &[String],
+        prefs: &[items::ParkerConcentrator],
+    ) -> Vec<Assigned> {
+        if prefs.is_empty() {
+            return self.assign(previous);
+        }
+        let mut reported = self.reported();
+        let chosen = select::select(&self.specs, &reported.metrics, previous, self.policy);
+        let mut picked: Vec<Choice> = Vec::with_capacity(prefs.len());
+        for pref in prefs {
+            if picked.iter().any(|c| c.pop == pref.pop) {
+                continue;
+            }
+            let choice = self
+                .preferred(&reported, pref)
+                .or_else(|| chosen.iter().find(|c| c.pop == pref.pop).cloned());
+            picked.extend(choice);
+        }
+        select::interpolate(&mut reported.metrics, &picked, previous, self.live_brokers);
+        let assigned = self.with_data(&reported, &picked);
+        drop(reported);
+        if assigned.is_empty() {
+            return self.assign(previous);
+        }
+        assigned
+    }
+
+    /// The PoP's preferred concentrator when it is online and reports peers.
+    fn preferred(&self, reported: &Reported, pref: &items::ParkerConcentrator) -> Option<Choice> {
+        if pref.prefer.is_empty() {
+            return None;
+        }
+        let spec = self
+            .specs
+            .iter()
+            .find(|s| s.name == pref.prefer && s.pop == pref.pop)?;
+        let peers = reported
+            .metrics
+            .iter()
+            .find(|m| m.name == spec.name && m.online)?
+            .connected_peers
+            .filter(|p| *p >= 0)?;
+        Some(Choice {
+            name: spec.name.clone(),
+            id: spec.id,
+            pop: spec.pop.clone(),
+            diff: 0,
+            peers,
+            target: peers,
+        })
     }
 
     fn with_data(&self, reported: &Reported, chosen: &[Choice]) -> Vec<Assigned> {
@@ -368,7 +427,9 @@ pub async fn start_for_daemon(
     config: &crate::config::Config,
 ) -> Result<Option<Arc<Concentrators>>> {
     match &config.parker {
-        Some(parker) => start_in_daemon(parker, std::future::pending()).await,
+        Some(parker) => {
+            start_in_daemon(parker, config.registry.as_ref(), std::future::pending()).await
+        }
         None => Ok(None),
     }
 }
@@ -377,12 +438,13 @@ pub async fn start_for_daemon(
 /// registry is returned so that the cluster can feed it; the server runs until `shutdown`.
 pub async fn start_in_daemon(
     config: &BrokerConfig,
+    registry: Option<&crate::registry::RegistryConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Option<Arc<Concentrators>>> {
     if !config.enabled {
         return Ok(None);
     }
-    let broker = http::Broker::from_config(config, true)?;
+    let broker = http::Broker::with_registry(config, registry, true)?;
     let concentrators = Arc::clone(&broker.concentrators);
     let server = http::bind(config.listen).await?;
     tracing::info!(addr = %server.local_addr()?, "Parker broker listening");
