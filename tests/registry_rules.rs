@@ -260,6 +260,15 @@ fn conflicts_and_cycles_are_reported_with_the_rules() {
     assert!(err.contains("cycle") && err.contains("grow"), "{err}");
 }
 
+/// `exitd config check FILE`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(EXITD)
+        .args(["config", "check"])
+        .arg(path)
+        .output()
+        .expect("run exitd config check")
+}
+
 fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("exitd.toml");
     std::fs::write(&path, text).expect("write config");
@@ -327,11 +336,7 @@ fn check_names_item_field_and_rule() {
         "\"dataplane.nat\" = [{ protocol = \"udp\", port = 53, to = \"10.1.2.3:53\" }]",
     );
     let path = write(&dir, &good);
-    let out = Command::new(EXITD)
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check(&path);
     assert!(
         out.status.success(),
         "{}",
@@ -387,11 +392,7 @@ fn check_names_item_field_and_rule() {
             broken
         };
         let path = write(&dir, &text);
-        let out = Command::new(EXITD)
-            .args(["config", "check"])
-            .arg(&path)
-            .output()
-            .expect("run");
+        let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "must fail: {stderr}");
         for needle in needles {

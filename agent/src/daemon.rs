@@ -8,8 +8,18 @@ use crate::{
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Runs the daemon from a configuration file until SIGTERM or SIGINT; SIGHUP re-reads the
+/// file (the broker's per-node settings, resolved through the registry).
+pub async fn run_file(path: &std::path::Path) -> Result<()> {
+    run_with(Config::load(path)?, Some(path)).await
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
+    run_with(config, None).await
+}
+
+async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Result<()> {
     // Handlers first: a SIGTERM during start-up must take the graceful path, not kill us.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -27,7 +37,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     }
-    let _broker = crate::parker::start_for_daemon(&config).await?;
+    let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
     tracing::info!(
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"

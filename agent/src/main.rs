@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use exitd::config::Config;
 use std::{path::PathBuf, process::ExitCode};
 
 /// exitd turns a Linux box with a routed IPv6 /48 into an exit node: it derives the network,
@@ -67,8 +66,7 @@ fn init_logging(default_filter: &str) {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(exitd::daemon::run(config))
+            tokio::runtime::Runtime::new()?.block_on(exitd::daemon::run_file(&config))
         }
         Command::Dataplane(cmd) => exitd::dataplane::cli::run(cmd),
         Command::Broker(args) => exitd::parker::cli::run_broker(args),

@@ -87,21 +87,19 @@ fn apply_overrides(args: &BrokerArgs, config: &mut BrokerConfig) {
     }
 }
 
-/// SIGHUP: re-reads `--config` and applies the new per-node settings atomically, or keeps
-/// the running ones and logs why.
-async fn reload_on_sighup(
+/// SIGHUP: re-reads `path` (with `adjust` applied to its `[parker]`, e.g. command-line
+/// overrides) and applies the new per-node settings atomically, or keeps the running ones
+/// and logs why. `hup` is installed by the caller before it announces readiness.
+pub(crate) async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     broker: Arc<http::Broker>,
-    args: Arc<BrokerArgs>,
+    path: PathBuf,
+    adjust: impl Fn(&mut BrokerConfig) + Send + 'static,
 ) {
     while hup.recv().await.is_some() {
-        let Some(path) = &args.config else {
-            tracing::warn!("SIGHUP ignored: reloading needs --config (not --wgkex-config)");
-            continue;
-        };
-        let result = Config::load(path).and_then(|mut file| {
+        let result = Config::load(&path).and_then(|mut file| {
             if let Some(parker) = file.parker.as_mut() {
-                apply_overrides(&args, parker);
+                adjust(parker);
             }
             broker.reload(&file)
         });
@@ -128,12 +126,20 @@ pub fn run_broker(args: BrokerArgs) -> Result<()> {
             true,
         )?);
         // Installed before "listening" is printed, so a SIGHUP right after cannot kill us.
-        let hup = signal(SignalKind::hangup())?;
-        let reloader = tokio::spawn(reload_on_sighup(
-            hup,
-            Arc::clone(&broker),
-            Arc::clone(&args),
-        ));
+        let reloader = match args.config.clone() {
+            Some(path) => {
+                let hup = signal(SignalKind::hangup())?;
+                let args = Arc::clone(&args);
+                let adjust = move |parker: &mut BrokerConfig| apply_overrides(&args, parker);
+                Some(tokio::spawn(reload_on_sighup(
+                    hup,
+                    Arc::clone(&broker),
+                    path,
+                    adjust,
+                )))
+            }
+            None => None,
+        };
         let listener = http::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "Parker broker listening");
@@ -149,7 +155,9 @@ pub fn run_broker(args: BrokerArgs) -> Result<()> {
             }
         };
         let served = http::serve(listener, broker, shutdown).await;
-        reloader.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         served
     })
 }

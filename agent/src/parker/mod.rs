@@ -422,38 +422,51 @@ fn hostname() -> String {
 }
 
 /// `exitd run`'s hook: starts the broker when the configuration has an enabled `[parker]`
-/// section; it serves until the daemon's runtime ends.
+/// section; it serves until the daemon's runtime ends. With `reload_from`, SIGHUP re-reads
+/// that file and applies the new per-node settings (or keeps the running ones).
 pub async fn start_for_daemon(
     config: &crate::config::Config,
+    reload_from: Option<&std::path::Path>,
 ) -> Result<Option<Arc<Concentrators>>> {
-    match &config.parker {
-        Some(parker) => {
-            start_in_daemon(parker, config.registry.as_ref(), std::future::pending()).await
-        }
-        None => Ok(None),
+    let Some(parker) = config.parker.as_ref().filter(|p| p.enabled) else {
+        return Ok(None);
+    };
+    // Before the broker announces itself: a SIGHUP right after must not kill the daemon.
+    let hup = reload_from
+        .map(|_| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()))
+        .transpose()?;
+    let registry = config.registry.as_ref();
+    let Some(broker) = start_in_daemon(parker, registry, std::future::pending()).await? else {
+        return Ok(None);
+    };
+    if let (Some(hup), Some(path)) = (hup, reload_from) {
+        let reloader = cli::reload_on_sighup(hup, Arc::clone(&broker), path.to_path_buf(), |_| {});
+        tokio::spawn(reloader);
     }
+    Ok(Some(Arc::clone(&broker.concentrators)))
 }
 
-/// Starts the broker inside `exitd run` when the configuration enables it. The concentrator
-/// registry is returned so that the cluster can feed it; the server runs until `shutdown`.
+/// Starts the broker inside `exitd run` when the configuration enables it. The broker is
+/// returned so that the cluster can feed its concentrators and reloads can reach it; the
+/// server runs until `shutdown`.
 pub async fn start_in_daemon(
     config: &BrokerConfig,
     registry: Option<&crate::registry::RegistryConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Option<Arc<Concentrators>>> {
+) -> Result<Option<Arc<http::Broker>>> {
     if !config.enabled {
         return Ok(None);
     }
-    let broker = http::Broker::with_registry(config, registry, true)?;
-    let concentrators = Arc::clone(&broker.concentrators);
+    let broker = Arc::new(http::Broker::with_registry(config, registry, true)?);
     let server = http::bind(config.listen).await?;
     tracing::info!(addr = %server.local_addr()?, "Parker broker listening");
+    let serving = Arc::clone(&broker);
     tokio::spawn(async move {
-        if let Err(e) = http::serve(server, Arc::new(broker), shutdown).await {
+        if let Err(e) = http::serve(server, serving, shutdown).await {
             tracing::error!(error = %e, "Parker broker stopped");
         }
     });
-    Ok(Some(concentrators))
+    Ok(Some(broker))
 }
 
 #[cfg(test)]
