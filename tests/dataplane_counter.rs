@@ -9,7 +9,10 @@ use aya::{
 };
 use exitd_common::Counters;
 use exitd_testkit::{
-    NetNs, TempFile, TestPins, packet, poll_until, require_root, run_xdp, testrun::verdict,
+    NetNs, TempFile, TestPins, packet, poll_until,
+    process::{http_get, logged_addr, wait_for_logs},
+    require_root, run_xdp,
+    testrun::verdict,
     veth_pair,
 };
 use std::{
@@ -304,7 +307,8 @@ fn daemon_attaches_at_startup_and_leaves_forwarding_up_on_sigterm() {
     let config = TempFile::with_text(
         "toml",
         &format!(
-            "[dataplane]\npin_dir = {:?}\ninterfaces = [\"rcv0\"]\n",
+            "[dataplane]\npin_dir = {:?}\ninterfaces = [\"rcv0\"]\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n",
             pins.path()
         ),
     );
@@ -313,22 +317,40 @@ fn daemon_attaches_at_startup_and_leaves_forwarding_up_on_sigterm() {
         .command(EXITD)
         .args(["run", "--config"])
         .arg(config.path())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let link_pinned = || {
-        std::fs::read_dir(pins.path().join("links"))
-            .map(|d| d.count() == 1)
-            .unwrap_or(false)
-            .then_some(())
-    };
-    poll_until(Duration::from_secs(10), link_pinned).expect("the daemon attaches at start-up");
+    let logs = wait_for_logs(
+        &mut daemon,
+        &["exitd running", "admin API listening"],
+        Duration::from_secs(10),
+    );
+    let links = std::fs::read_dir(pins.path().join("links"))
+        .unwrap()
+        .count();
+    assert_eq!(links, 1, "attached at start-up");
+
+    // The admin API wants its token; with it, the counters are there as metrics.
+    let admin = logged_addr(&logs[1]);
+    assert_eq!(http_get(&pair.receiver, &admin, "/metrics", &[]).0, 401);
+    let wrong = ["Authorization: Bearer wrong"];
+    assert_eq!(http_get(&pair.receiver, &admin, "/metrics", &wrong).0, 401);
+    pair.send_udp(2, 10);
+    let right = ["Authorization: Bearer s3cret"];
+    let series = "exitd_xdp_interface_packets_total{namespace=\"\",interface=\"rcv0\"} 2\n";
+    let exported = poll_until(Duration::from_secs(5), || {
+        let (status, metrics) = http_get(&pair.receiver, &admin, "/metrics", &right);
+        (status == 200 && metrics.contains(series)).then_some(())
+    });
+    assert!(exported.is_some(), "{series} is served");
+
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     pair.send_udp(4, 10);
     let seen = poll_until(Duration::from_secs(5), || {
-        (counted(&pair.receiver, &pins, "rcv0").0 >= 4).then_some(())
+        (counted(&pair.receiver, &pins, "rcv0").0 >= 6).then_some(())
     });
     assert!(
         seen.is_some(),

@@ -8,7 +8,11 @@
 //!                                                      └─ to-1123-A ═ pub-1123-A ── net-1123-A
 //! ```
 
-use exitd_testkit::{NetNs, TestPins, poll_until, require_root, veth_pair};
+use exitd_testkit::{
+    NetNs, TestPins, poll_until,
+    process::{http_get, logged_addr, wait_for_logs},
+    require_root, veth_pair,
+};
 use std::{
     io::{Read, Write},
     net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream},
@@ -69,7 +73,7 @@ impl ExitNode {
 
     fn write_config(&self, with_bob: bool) {
         let mut text = format!(
-            "[dataplane]\npin_dir = {pins:?}\n\n[network]\nallocation = \"2a02:1802:5e::/48\"\n\
+            "[dataplane]\npin_dir = {pins:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[network]\nallocation = \"2a02:1802:5e::/48\"\n\
              exit_node = 1\nalloc_nr = {a}\nuplink = \"upl0\"\nnamespace_prefix = \"{prefix}\"\n\
              key_dir = \"{keys}\"\nwireguard = \"userspace\"\nstate_dir = \"{state}\"\n\n[[network.tenants]]\nname = \"alice\"\n\
              [[network.tenants.resources]]\nnode = \"exit\"\nprefix = \"2a02:1802:5e:1abc::/64\"\n\
@@ -352,7 +356,18 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_log(&mut daemon, "exitd running", Duration::from_secs(20));
+        let logs = wait_for_logs(
+            &mut daemon,
+            &["exitd running", "admin API listening"],
+            Duration::from_secs(20),
+        );
+        let (status, metrics) = http_get(&node.host, &logged_addr(&logs[1]), "/metrics", &[]);
+        assert_eq!(status, 200);
+        let series = format!(
+            "exitd_fwd6_route_packets_total{{namespace=\"{}\",prefix=\"{prefix}\"}} ",
+            node.gateway()
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
         assert!(daemon.wait().unwrap().success(), "clean exit on SIGTERM");
@@ -370,26 +385,6 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
         forwarded >= u64::from(received),
         "XDP forwarded them all ({forwarded} of {received})"
     );
-}
-
-/// Waits until the child's stderr (tracing logs) shows `needle`; keeps draining it after.
-fn wait_for_log(child: &mut std::process::Child, needle: &str, timeout: Duration) {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let needle = needle.to_string();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains(&needle) {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(timeout)
-        .expect("the daemon reports it is running");
 }
 
 /// A namespace given by path (the reconciler's namespaces are not test-kit `NetNs`).

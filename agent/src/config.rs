@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    /// The admin HTTP API (`[admin]`): metrics; localhost unless a token is set.
+    #[serde(default)]
+    pub admin: crate::api::AdminConfig,
     /// The exit node's network (`exitd plan`, the reconciler); absent: no network is managed.
     #[serde(default)]
     pub network: Option<crate::plan::NetworkConfig>,
@@ -82,6 +85,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        self.admin.validate()?;
         for name in &self.dataplane.interfaces {
             crate::iface::validate_name(name).context("dataplane.interfaces")?;
         }

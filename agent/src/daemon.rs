@@ -38,6 +38,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         }
     }
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
+    crate::api::start(&config.admin, config.dataplane.pin_dir.clone()).await?;
     tracing::info!(
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"

@@ -141,6 +141,10 @@ fn sync(config: &std::path::Path, wait_ms: u64) -> Result<()> {
 }
 
 fn stats(pins: &PinDir, json: bool, prometheus: bool, per_cpu: bool) -> Result<()> {
+    if prometheus {
+        print!("{}", super::metrics::gather(pins.root())?);
+        return Ok(());
+    }
     let attachments = super::attachments(pins)?;
     let counters = super::read_iface_counters(pins)?;
     let verdicts = match pins.map(ROUTES6_MAP).exists() {
@@ -161,8 +165,6 @@ fn stats(pins: &PinDir, json: bool, prometheus: bool, per_cpu: bool) -> Result<(
             "attachments": attachments, "interfaces": counters, "verdicts": verdicts,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else if prometheus {
-        print!("{}", super::metrics::render(&counters, &verdicts));
     } else {
         print_stats(&attachments, &counters, per_cpu);
         if !verdicts.is_empty() {

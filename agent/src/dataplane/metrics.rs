@@ -1,23 +1,90 @@
 //! Data-plane counters in the Prometheus text exposition format.
 
-use super::IfaceCounters;
-use exitd_common::{Counters, Verdict};
-use std::fmt::Write as _;
+use super::{IfaceCounters, PinDir, fwd6::Fwd6Maps, fwd6::show_prefix};
+use anyhow::Result;
+use exitd_common::{Counters, IFACE_COUNTERS_MAP, ROUTES6_MAP, Verdict};
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv6Addr, path::Path};
 
-/// Renders interface and verdict counters as Prometheus metrics.
-pub fn render(interfaces: &[IfaceCounters], verdicts: &[(Verdict, Counters)]) -> String {
+/// Every data-plane counter under `pin_root` (its own maps and each namespace's directory),
+/// labelled by namespace, in the Prometheus text format. Interface names come from the link
+/// pins, which record them: the scraping process may live in another network namespace.
+pub fn gather(pin_root: &Path) -> Result<String> {
+    let mut dirs = vec![(String::new(), PinDir::new(pin_root))];
+    if let Ok(entries) = std::fs::read_dir(pin_root) {
+        let mut subdirs: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.path().join("links").is_dir())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    PinDir::new(e.path()),
+                )
+            })
+            .collect();
+        subdirs.sort_by(|a, b| a.0.cmp(&b.0));
+        dirs.extend(subdirs);
+    }
+    let mut ifaces = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut routes = Vec::new();
+    for (namespace, pins) in &dirs {
+        let names: BTreeMap<u32, String> = super::attachments(pins)?
+            .into_iter()
+            .map(|a| (a.ifindex, a.ifname))
+            .collect();
+        if pins.map(IFACE_COUNTERS_MAP).exists() {
+            for mut c in super::read_iface_counters(pins)? {
+                c.ifname = names.get(&c.ifindex).cloned();
+                ifaces.push((namespace.clone(), c));
+            }
+        }
+        if pins.map(ROUTES6_MAP).exists() {
+            let maps = Fwd6Maps::open_pinned(pins)?;
+            for (v, c) in maps.verdict_counters()? {
+                verdicts.push((namespace.clone(), v, c));
+            }
+            let table = maps.read()?;
+            let lpm = table
+                .lpm
+                .iter()
+                .map(|((len, addr), r)| (format!("{}/{len}", Ipv6Addr::from(*addr)), *r));
+            for (prefix, route) in table
+                .routes64
+                .iter()
+                .map(|(p, r)| (show_prefix(p), *r))
+                .chain(lpm)
+            {
+                routes.push((
+                    namespace.clone(),
+                    prefix,
+                    maps.route_counters(route.route_id)?,
+                ));
+            }
+        }
+    }
+    Ok(render_labelled(&ifaces, &verdicts, &routes))
+}
+
+fn render_labelled(
+    ifaces: &[(String, IfaceCounters)],
+    verdicts: &[(String, Verdict, Counters)],
+    routes: &[(String, String, Counters)],
+) -> String {
     let mut out = String::new();
-    let name_of = |c: &IfaceCounters| c.ifname.clone().unwrap_or_else(|| c.ifindex.to_string());
+    let iface_label = |ns: &str, c: &IfaceCounters| {
+        let name = c.ifname.clone().unwrap_or_else(|| c.ifindex.to_string());
+        format!("namespace=\"{ns}\",interface=\"{name}\"")
+    };
     family(
         &mut out,
         "exitd_xdp_interface_packets_total",
         "Packets seen by exitd's XDP programs per ingress interface.",
     );
-    for c in interfaces {
+    for (ns, c) in ifaces {
         let _ = writeln!(
             out,
-            "exitd_xdp_interface_packets_total{{interface=\"{}\"}} {}",
-            name_of(c),
+            "exitd_xdp_interface_packets_total{{{}}} {}",
+            iface_label(ns, c),
             c.packets
         );
     }
@@ -26,26 +93,23 @@ pub fn render(interfaces: &[IfaceCounters], verdicts: &[(Verdict, Counters)]) ->
         "exitd_xdp_interface_bytes_total",
         "Bytes seen by exitd's XDP programs per ingress interface.",
     );
-    for c in interfaces {
+    for (ns, c) in ifaces {
         let _ = writeln!(
             out,
-            "exitd_xdp_interface_bytes_total{{interface=\"{}\"}} {}",
-            name_of(c),
+            "exitd_xdp_interface_bytes_total{{{}}} {}",
+            iface_label(ns, c),
             c.bytes
         );
-    }
-    if verdicts.is_empty() {
-        return out;
     }
     family(
         &mut out,
         "exitd_fwd6_packets_total",
         "IPv6 forwarder packets by verdict (forwarded, or why passed to the kernel).",
     );
-    for (v, c) in verdicts {
+    for (ns, v, c) in verdicts {
         let _ = writeln!(
             out,
-            "exitd_fwd6_packets_total{{verdict=\"{}\"}} {}",
+            "exitd_fwd6_packets_total{{namespace=\"{ns}\",verdict=\"{}\"}} {}",
             v.name(),
             c.packets
         );
@@ -55,11 +119,35 @@ pub fn render(interfaces: &[IfaceCounters], verdicts: &[(Verdict, Counters)]) ->
         "exitd_fwd6_bytes_total",
         "IPv6 forwarder bytes by verdict.",
     );
-    for (v, c) in verdicts {
+    for (ns, v, c) in verdicts {
         let _ = writeln!(
             out,
-            "exitd_fwd6_bytes_total{{verdict=\"{}\"}} {}",
+            "exitd_fwd6_bytes_total{{namespace=\"{ns}\",verdict=\"{}\"}} {}",
             v.name(),
+            c.bytes
+        );
+    }
+    family(
+        &mut out,
+        "exitd_fwd6_route_packets_total",
+        "Packets forwarded by XDP per route.",
+    );
+    for (ns, prefix, c) in routes {
+        let _ = writeln!(
+            out,
+            "exitd_fwd6_route_packets_total{{namespace=\"{ns}\",prefix=\"{prefix}\"}} {}",
+            c.packets
+        );
+    }
+    family(
+        &mut out,
+        "exitd_fwd6_route_bytes_total",
+        "Bytes forwarded by XDP per route.",
+    );
+    for (ns, prefix, c) in routes {
+        let _ = writeln!(
+            out,
+            "exitd_fwd6_route_bytes_total{{namespace=\"{ns}\",prefix=\"{prefix}\"}} {}",
             c.bytes
         );
     }
@@ -83,18 +171,35 @@ mod tests {
             bytes: 500,
             per_cpu: vec![],
         };
-        let text = render(
-            &[iface],
+        let gw = "gw-1-1".to_string();
+        let text = render_labelled(
+            &[(gw.clone(), iface)],
             &[(
+                gw.clone(),
                 Verdict::Forwarded,
                 Counters {
                     packets: 4,
                     bytes: 400,
                 },
             )],
+            &[(
+                gw,
+                "2a02:1802:5e:1abc::/64".into(),
+                Counters {
+                    packets: 2,
+                    bytes: 200,
+                },
+            )],
         );
         assert!(text.contains("# TYPE exitd_fwd6_packets_total counter"));
-        assert!(text.contains("exitd_xdp_interface_packets_total{interface=\"to-1abc-1\"} 5\n"));
-        assert!(text.contains("exitd_fwd6_packets_total{verdict=\"forwarded\"} 4\n"));
+        assert!(text.contains(
+            "exitd_xdp_interface_packets_total{namespace=\"gw-1-1\",interface=\"to-1abc-1\"} 5\n"
+        ));
+        assert!(
+            text.contains(
+                "exitd_fwd6_packets_total{namespace=\"gw-1-1\",verdict=\"forwarded\"} 4\n"
+            )
+        );
+        assert!(text.contains("exitd_fwd6_route_bytes_total{namespace=\"gw-1-1\",prefix=\"2a02:1802:5e:1abc::/64\"} 200\n"));
     }
 }

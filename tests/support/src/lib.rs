@@ -7,6 +7,7 @@
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod process;
 pub mod tempfile;
 pub mod testrun;
 
