@@ -171,6 +171,9 @@ pub fn resolve_table(
             .map(|(_, n)| n),
     );
     for name in names {
+        if !name.is_empty() && !super::is_wireguard_key(&name) {
+            bail!("[registry.nodes.{name:?}]: a node is named by its WireGuard public key");
+        }
         let resolution = resolver.resolve(SubjectKind::Node, &name, &base, prev.get(&name))?;
         let settings = settings_of(&resolution, config, &pops)?;
         states.insert(name.clone(), resolution.state().clone());

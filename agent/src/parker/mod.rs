@@ -31,6 +31,11 @@
 //! public_key = "<WireGuard public key>"
 //! link_address = "fe80::1"
 //! ```
+//!
+//! Per-node answers (mtu cap, retry, keepalive, which PoPs in which order, a preferred
+//! concentrator per PoP) come from the configuration registry ([`items`], `[registry]`,
+//! `exitd config explain <key>`); the `[parker]` values above are their base. `SIGHUP`
+//! re-reads the file and swaps the per-node settings whole, or keeps them and logs why.
 
 pub mod cli;
 pub mod config;
@@ -521,6 +526,64 @@ mod tests {
         assert_eq!(
             registry.best_overall().map(|a| a.name),
             Some("b".to_string())
+        );
+    }
+
+    #[test]
+    fn preferences_choose_pops_in_order_and_the_preferred_concentrator() {
+        let spec = |name: &str, id, pop: &str| WorkerSpec {
+            name: name.into(),
+            id,
+            weight: 1.0,
+            pop: pop.into(),
+        };
+        let specs = vec![
+            spec("a", 1, "vie"),
+            spec("b", 2, "vie"),
+            spec("c", 3, "muc"),
+        ];
+        let registry = Concentrators::new(specs, 10.0, 1);
+        for (name, peers) in [("a", 0), ("b", 50), ("c", 0)] {
+            registry.set_data(
+                name,
+                WorkerData {
+                    external_address: format!("{name}.example"),
+                    port: 1,
+                    public_key: "OmaOePJh+hrEZETlPEdNWj7qZn7GTbCno678kH0uLHs=".into(),
+                    link_address: Ipv6Addr::LOCALHOST,
+                },
+            );
+            registry.set_online(name, true);
+            registry.set_connected_peers(name, peers);
+        }
+        let pref = |pop: &str, prefer: &str| items::ParkerConcentrator {
+            pop: pop.into(),
+            prefer: prefer.into(),
+        };
+        let names = |assigned: Vec<Assigned>| -> Vec<String> {
+            assigned.into_iter().map(|a| a.name).collect()
+        };
+        assert_eq!(
+            names(registry.assign_preferring(&[], &[pref("vie", ""), pref("muc", "")])),
+            ["a", "c"],
+            "preference order, the broker's choice inside each PoP"
+        );
+        assert_eq!(
+            names(registry.assign_preferring(&[], &[pref("vie", "b")])),
+            ["b"],
+            "the preferred concentrator although it is fuller"
+        );
+        registry.set_online("b", false);
+        assert_eq!(
+            names(registry.assign_preferring(&[], &[pref("vie", "b")])),
+            ["a"],
+            "an offline preferred concentrator falls back to the PoP's choice"
+        );
+        registry.set_online("a", false);
+        assert_eq!(
+            names(registry.assign_preferring(&[], &[pref("vie", "b")])),
+            ["c"],
+            "nothing online in the preferred PoPs: the ordinary choice"
         );
     }
 

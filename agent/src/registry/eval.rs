@@ -881,3 +881,108 @@ fn push_entry<'a>(lines: &mut Vec<(String, String, &'a Origin)>, name: &str, ent
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{gateway_items::NatForward, standard};
+
+    fn resolver(text: &str) -> Resolver {
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        Resolver::new(standard(), config.registry.unwrap_or_default()).unwrap()
+    }
+
+    const GW: &str = "[registry.gateways.gw1]\n\"dataplane.nat\" = [\
+        { port = 80, to = \"10.0.0.2:80\" }, { protocol = \"udp\", port = 53, to = \"10.0.0.3:53\" }]\n";
+
+    #[test]
+    fn comparisons_on_numbers_and_strings() {
+        let n = |v: i64| Value::from(v);
+        assert!(compare(&n(2), CmpOp::Ge, &n(2)) && !compare(&n(1), CmpOp::Ge, &n(2)));
+        assert!(compare(&Value::from(2.0), CmpOp::Eq, &n(2)));
+        assert!(compare(&Value::from("b"), CmpOp::Gt, &Value::from("a")));
+        assert!(!compare(&Value::from("1"), CmpOp::Eq, &n(1)), "no coercion");
+        assert!(compare(&Value::Null, CmpOp::Ne, &n(1)));
+    }
+
+    #[test]
+    fn remove_by_match_and_first_evaluation_keeps_layer_lists() {
+        let rule = "[[registry.rules]]\nname = \"no-dns\"\n\
+                    do = [{ remove = \"dataplane.nat\", matching = { protocol = \"udp\" } }]\n";
+        let r = resolver(&format!("{GW}{rule}"));
+        let first = r
+            .resolve(SubjectKind::Gateway, "gw1", &Vec::new(), None)
+            .unwrap();
+        assert_eq!(
+            first.list::<NatForward>().len(),
+            2,
+            "the layer's list is kept"
+        );
+        assert!(
+            first.kept[0].contains("rule no-dns not applied"),
+            "{:?}",
+            first.kept
+        );
+        // Without the layer's list the rule's own entries are removable.
+        let own = "[registry.gateways.gw2]\ngeneral = { tags = [\"x\"] }\n\
+                   [[registry.rules]]\nname = \"add\"\n\
+                   do = [{ append = \"dataplane.nat\", set = { protocol = \"udp\", port = 53, to = \"10.0.0.3:53\" } },\
+                         { append = \"dataplane.nat\", set = { port = 22, to = \"10.0.0.4:22\" } }]\n";
+        let r = resolver(&format!("{own}{rule}"));
+        let res = r
+            .resolve(SubjectKind::Gateway, "gw2", &Vec::new(), None)
+            .unwrap();
+        let ports: Vec<u32> = res.list::<NatForward>().iter().map(|f| f.port).collect();
+        assert_eq!(ports, [22]);
+        assert_eq!(res.fired, ["add", "no-dns"]);
+    }
+
+    #[test]
+    fn reload_takes_changed_inputs_and_keeps_rule_values() {
+        let text = |retry: u32| {
+            format!(
+                "[registry.global]\n\"parker.node\" = {{ retry = {retry} }}\n\
+                 [[registry.rules]]\nname = \"ka\"\nwhen = \"general#tunnels >= 1\"\n\
+                 do = [{{ assign = \"parker.node\", set = {{ wg_keepalive = 5 }} }}]\n"
+            )
+        };
+        let first = resolver(&text(60))
+            .resolve(SubjectKind::Node, "", &Vec::new(), None)
+            .unwrap();
+        let second = resolver(&text(90))
+            .resolve(SubjectKind::Node, "", &Vec::new(), Some(first.state()))
+            .unwrap();
+        assert!(second.fired.is_empty(), "{:?}", second.fired);
+        let slot = |r: &Resolution, loc: &str| r.slot(loc).unwrap().clone();
+        assert_eq!(slot(&second, "parker.node#retry").value, Value::from(90));
+        assert_eq!(
+            slot(&second, "parker.node#wg_keepalive").origin,
+            Origin::Rule("ka".into()),
+            "a rule's value survives a reload that does not re-fire it"
+        );
+    }
+
+    #[test]
+    fn layer_errors_name_layer_item_and_field() {
+        let config: crate::config::Config =
+            toml::from_str("[registry.projects.lj]\n\"parker.node\" = { mtu = \"big\" }\n")
+                .unwrap();
+        let err = Resolver::new(standard(), config.registry.unwrap())
+            .err()
+            .unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("layer project lj") && text.contains("parker.node, field mtu"),
+            "{text}"
+        );
+        let config: crate::config::Config =
+            toml::from_str("[registry.gateways.g]\n\"parker.node\" = { mtu = 1400 }\n").unwrap();
+        let err = Resolver::new(standard(), config.registry.unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("does not apply to a gateway"),
+            "{err}"
+        );
+    }
+}
