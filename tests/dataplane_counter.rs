@@ -138,8 +138,8 @@ impl QuietPair {
     }
 }
 
-#[test]
-fn counter_sees_exactly_the_packets_sent_across_a_veth_pair() {
+/// A quiet pair with `xdp_count` attached to the receiver's end.
+fn attached_pair() -> (QuietPair, TestPins) {
     require_root();
     let pair = QuietPair::new();
     let pins = TestPins::new().unwrap();
@@ -153,6 +153,12 @@ fn counter_sees_exactly_the_packets_sent_across_a_veth_pair() {
         "attach failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (pair, pins)
+}
+
+#[test]
+fn counter_sees_exactly_the_packets_sent_across_a_veth_pair() {
+    let (pair, pins) = attached_pair();
 
     const SENT: u64 = 50;
     const PAYLOAD: usize = 100;
@@ -180,18 +186,7 @@ fn counter_sees_exactly_the_packets_sent_across_a_veth_pair() {
 
 #[test]
 fn pinned_counters_are_btf_typed_for_bpftool() {
-    require_root();
-    let pair = QuietPair::new();
-    let pins = TestPins::new().unwrap();
-    assert!(
-        exitd(
-            &pair.receiver,
-            &pins,
-            &["dataplane", "attach", "--iface", "rcv0"]
-        )
-        .status
-        .success()
-    );
+    let (pair, pins) = attached_pair();
     pair.send_udp(3, 10);
     poll_until(Duration::from_secs(5), || {
         (counted(&pair.receiver, &pins, "rcv0").0 >= 3).then_some(())
@@ -229,18 +224,7 @@ fn pinned_counters_are_btf_typed_for_bpftool() {
 
 #[test]
 fn detach_removes_the_program_and_its_pin() {
-    require_root();
-    let pair = QuietPair::new();
-    let pins = TestPins::new().unwrap();
-    assert!(
-        exitd(
-            &pair.receiver,
-            &pins,
-            &["dataplane", "attach", "--iface", "rcv0"]
-        )
-        .status
-        .success()
-    );
+    let (pair, pins) = attached_pair();
     let attached = |ns: &NetNs| {
         let out = ns.exec("ip", &["link", "show", "dev", "rcv0"]).unwrap();
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
