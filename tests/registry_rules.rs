@@ -314,6 +314,28 @@ fn explain_prints_each_value_with_its_origin() {
     assert!(line("parker.node#mtu = 1375").ends_with("([parker] max_mtu)"));
     assert!(line("rules fired:").contains("first-tunnel, second-tunnel, ljubljana"));
 
+    let gateway = format!(
+        "{}\n[registry.gateways.gw1]\ngeneral = {{ project = \"ljubljana\" }}\n\
+         gateway = {{ mtu = 1400 }}\n",
+        std::fs::read_to_string(&path).expect("read")
+    );
+    std::fs::write(&path, gateway).expect("write");
+    let out = Command::new(EXITD)
+        .args(["config", "explain", "gw1", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run exitd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("gateway gw1\n"), "{stdout}");
+    assert!(
+        stdout.contains("gateway#mtu = 1400") && stdout.contains("(layer gateway gw1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dataplane.nat = 0 entries") && !stdout.contains("parker."),
+        "gateway items only; node rules do not touch a gateway: {stdout}"
+    );
+
     let out = Command::new(EXITD)
         .args(["config", "explain", "gw-nowhere", "--config"])
         .arg(&path)

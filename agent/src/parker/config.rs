@@ -159,13 +159,13 @@ fn default_listen() -> SocketAddr {
 fn default_tolerance() -> f64 {
     10.0
 }
-fn default_retry() -> u32 {
+pub(crate) fn default_retry() -> u32 {
     120
 }
-fn default_keepalive() -> u32 {
+pub(crate) fn default_keepalive() -> u32 {
     25
 }
-fn default_max_mtu() -> u32 {
+pub(crate) fn default_max_mtu() -> u32 {
     1375
 }
 fn default_clat_subnet() -> Ipv4Net {

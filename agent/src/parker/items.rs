@@ -33,11 +33,11 @@ pub struct ParkerNode {
 
 impl Default for ParkerNode {
     fn default() -> Self {
-        let c = BrokerConfig::with_defaults();
+        use super::config::{default_keepalive, default_max_mtu, default_retry};
         ParkerNode {
-            mtu: c.max_mtu,
-            retry: c.retry_interval,
-            wg_keepalive: c.wg_keepalive,
+            mtu: default_max_mtu(),
+            retry: default_retry(),
+            wg_keepalive: default_keepalive(),
         }
     }
 }
