@@ -384,7 +384,7 @@ fn split_and(text: &str) -> Vec<&str> {
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == b'\'' || c == b'"' => quote = Some(c),
-            None if text[i..].starts_with(" and ") => {
+            None if bytes[i..].starts_with(b" and ") => {
                 parts.push(&text[start..i]);
                 start = i + 5;
                 i += 4;
@@ -513,6 +513,17 @@ mod tests {
         assert!(parse_cond("general#tunnels ~ 1", &r).is_err());
         assert!(parse_cond("general#tunnels == bare", &r).is_err());
         assert!(parse_cond("general[0]#tunnels == 1", &r).is_err());
+        // Non-ASCII outside quotes is an error, never a panic.
+        assert!(parse_cond("general#project == ljubljanä and ü", &r).is_err());
+        assert!(parse_cond("general#project == 'žiri' and general#tunnels > 0", &r).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Conditions come from a file: any text is parsed or refused, never a panic.
+        #[test]
+        fn condition_parser_never_panics(text in "(general#tunnels|count\\(|contains\\(| and |[a-z#\\[\\]0-9()'\" =<>!,.üž]){0,12}") {
+            let _ = parse_cond(&text, &reg());
+        }
     }
 
     #[test]
