@@ -408,3 +408,33 @@ impl NetNsPath {
         })
     }
 }
+
+#[test]
+fn detach_on_exit_takes_the_forwarder_down_with_the_daemon() {
+    let node = ready_node();
+    let config = std::fs::read_to_string(node.config_path()).unwrap();
+    let config = config.replacen("[dataplane]\n", "[dataplane]\ndetach_on_exit = true\n", 1);
+    std::fs::write(node.config_path(), config).unwrap();
+    let mut daemon = node
+        .host
+        .command(EXITD)
+        .args(["run", "--config", &node.config()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_logs(&mut daemon, &["exitd running"], Duration::from_secs(20));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert!(!node.gateway_pins().exists(), "the gateway's pins are gone");
+    let gw = exitd::netlink::netns::path(&node.gateway());
+    let links = Command::new("nsenter")
+        .arg(format!("--net={}", gw.display()))
+        .args(["--", "ip", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("prog/xdp"),
+        "no XDP program left"
+    );
+}

@@ -51,6 +51,10 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         for ifname in &config.dataplane.interfaces {
             dataplane::detach_xdp(&pins, ifname)?;
         }
+        if let Some(network) = config.network.as_ref().filter(|_| config.dataplane.forward) {
+            let plan = crate::plan::cli::plan_of(network)?;
+            dataplane::gateway::detach(&plan, &config.dataplane.pin_dir)?;
+        }
         tracing::info!("data plane detached");
     } else {
         tracing::info!("leaving the data plane attached; forwarding continues");

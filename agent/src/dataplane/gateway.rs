@@ -254,6 +254,22 @@ pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
     Ok(())
 }
 
+/// Detaches the forwarder and the peers' programs of `plan` and removes their pins and maps.
+pub fn detach(plan: &Plan, pin_root: &Path) -> Result<()> {
+    let mut namespaces = vec![plan.dataplane.namespace.clone()];
+    for link in &plan.gateway.links {
+        if let LinkKind::Veth { peer_namespace, .. } = &link.kind {
+            namespaces.push(peer_namespace.clone());
+        }
+    }
+    for ns in namespaces {
+        let dir = pin_root.join(&ns);
+        super::detach_all(&PinDir::new(&dir))?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 /// Removes the pin directories of namespaces that no longer exist (a removed ExitPoint, a
 /// gateway handed to another node): their links are defunct and their maps unused.
 pub fn prune_stale_namespaces(pin_root: &Path) -> Result<Vec<String>> {
