@@ -1,0 +1,63 @@
+//! Pieces shared by the integration tests that build an exit node with `exitd apply`
+//! (included with `mod common;`; not every test uses every piece).
+#![allow(dead_code)]
+
+use exitd_testkit::NetNs;
+use std::{path::Path, process::Output};
+
+/// Fails with the command's stderr and stdout unless it succeeded.
+pub fn assert_success(out: &Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "{what:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Stops the boringtun processes exitd started in a run (the pids it recorded in the run's
+/// `state*` directories), deletes the run's namespaces (named with `prefix`) and its files.
+pub fn clean_run(dir: &Path, prefix: &str) {
+    for state in ["state", "remote-state"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(state)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "pid")
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                // SAFETY: a pid exitd recorded for a process it started in this test run.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+    for name in exitd::netlink::netns::list() {
+        if name.starts_with(prefix) {
+            let _ = exitd::netlink::netns::delete(&name);
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Adds the routes `exitd plan upstream` printed to the upstream namespace, as an operator
+/// would type them into the router; returns how many.
+pub fn add_upstream_routes(upstream: &NetNs, printed: &str) -> usize {
+    let mut count = 0;
+    for line in printed.lines() {
+        let route: Vec<&str> = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if !route.is_empty() {
+            upstream
+                .ip(&[&["-6", "route", "add"][..], &route].concat())
+                .unwrap();
+            count += 1;
+        }
+    }
+    count
+}
