@@ -8,6 +8,9 @@
 //!                                                      └─ to-1123-A ═ pub-1123-A ── net-1123-A
 //! ```
 
+mod common;
+
+use common::{add_upstream_routes, assert_success, clean_run};
 use exitd_testkit::{
     NetNs, TestPins, poll_until,
     process::{http_get, logged_addr, wait_for_logs},
@@ -17,7 +20,7 @@ use std::{
     io::{Read, Write},
     net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -134,13 +137,7 @@ impl ExitNode {
             "--port",
             "port0",
         ]);
-        for line in routes.lines() {
-            let route = line.split('#').next().unwrap_or("").trim();
-            let args: Vec<&str> = route.split_whitespace().collect();
-            self.upstream
-                .ip(&[&["-6", "route", "replace"][..], &args].concat())
-                .unwrap();
-        }
+        assert_eq!(add_upstream_routes(&self.upstream, &routes), 1);
         // The upstream router here is a veth sending its own TCP: without checksum offload,
         // as a real router's forwarded traffic would be (exitd does the same for the
         // ExitPoint ends it manages).
@@ -210,35 +207,8 @@ impl ExitNode {
 
 impl Drop for ExitNode {
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("state")) {
-            for entry in entries.flatten() {
-                if entry.path().extension().is_some_and(|e| e == "pid")
-                    && let Ok(pid) = std::fs::read_to_string(entry.path())
-                        .unwrap_or_default()
-                        .trim()
-                        .parse::<i32>()
-                {
-                    // SAFETY: a pid exitd recorded for a boringtun process of this test.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            }
-        }
-        for name in exitd::netlink::netns::list() {
-            if name.starts_with(&self.prefix) {
-                let _ = exitd::netlink::netns::delete(&name);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        clean_run(&self.dir, &self.prefix);
     }
-}
-
-fn assert_success(out: &Output, what: &[&str]) {
-    assert!(
-        out.status.success(),
-        "{what:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 /// (transmitted, received) from ping's summary line.

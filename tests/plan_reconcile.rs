@@ -10,6 +10,9 @@
 //! ```
 //! The upstream namespace gets exactly the routes `exitd plan upstream` prints.
 
+mod common;
+
+use common::{add_upstream_routes, assert_success, clean_run};
 use exitd_testkit::{NetNs, poll_until, require_root, veth_pair};
 use std::{
     collections::BTreeSet,
@@ -145,32 +148,6 @@ impl Drop for Fixture {
     }
 }
 
-/// Stops the boringtun processes exitd started in a run (the pids it recorded), deletes the
-/// run's namespaces and files.
-fn clean_run(dir: &Path, prefix: &str) {
-    for state in ["state", "remote-state"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(state)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            if path.extension().is_some_and(|e| e == "pid")
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                // SAFETY: a pid exitd recorded for a process it started in this test run.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
-    }
-    for name in exitd::netlink::netns::list() {
-        if name.starts_with(prefix) {
-            let _ = exitd::netlink::netns::delete(&name);
-        }
-    }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 /// Cleans up after earlier runs that were killed before their drop ran.
 fn sweep_stale_runs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -188,15 +165,6 @@ fn sweep_stale_runs() {
             clean_run(&entry.path(), &format!("xp{pid}-{n}-"));
         }
     }
-}
-
-fn assert_success(out: &Output, what: &[&str]) {
-    assert!(
-        out.status.success(),
-        "{what:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 /// `ip -n NS ARGS…` output lines.
@@ -298,14 +266,7 @@ fn setup_upstream(fx: &Fixture) {
         "--port",
         "port0",
     ]);
-    let mut count = 0;
-    for line in routes.lines() {
-        let route = line.split('#').next().unwrap_or("").trim();
-        let args: Vec<&str> = route.split_whitespace().collect();
-        up.ip(&[&["-6", "route", "add"][..], &args].concat())
-            .unwrap();
-        count += 1;
-    }
+    let count = add_upstream_routes(up, &routes);
     assert_eq!(count, 1, "one exit node, one upstream route: {routes}");
 }
 
