@@ -23,6 +23,9 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     // Handlers first: a SIGTERM during start-up must take the graceful path, not kill us.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP (systemd's ExecReload) must never end the daemon; the roles that can reload
+    // (the broker's settings) listen for it themselves.
+    let mut hup = signal(SignalKind::hangup())?;
     let network = config.clone();
     tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
     let _follower = start_forwarder(&config)?;
@@ -43,10 +46,16 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"
     );
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    crate::notify::notify("READY=1");
+    crate::notify::spawn_watchdog();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => tracing::info!("SIGHUP received"),
+        }
     }
+    crate::notify::notify("STOPPING=1");
     if config.dataplane.detach_on_exit {
         for ifname in &config.dataplane.interfaces {
             dataplane::detach_xdp(&pins, ifname)?;

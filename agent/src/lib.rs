@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod iface;
 pub mod netlink;
+pub mod notify;
 pub mod parker;
 pub mod plan;
 pub mod registry;
