@@ -98,6 +98,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_packaged_example_configuration_is_valid() {
+        let text = include_str!("../../packaging/exitd.toml");
+        let config = Config::parse(text, "packaging/exitd.toml").unwrap();
+        let network = config.network.expect("the example has a network");
+        assert_eq!(network.tenants.len(), 1);
+        assert!(config.parker.is_some());
+        crate::plan::derive(&network).expect("the example network derives a plan");
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let config = Config::parse("", "test").unwrap();
         assert_eq!(config.dataplane.pin_dir, PathBuf::from("/sys/fs/bpf/exitd"));

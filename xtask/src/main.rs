@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod install;
 mod setup;
 mod test;
 
@@ -42,6 +43,19 @@ enum Task {
     },
     /// Run benchmarks (all, or the named ones) and write JSON to bench/results/.
     Bench { names: Vec<String> },
+    /// Build exitd (release) and install the binary, the systemd unit and the example
+    /// configuration (an existing /etc/exitd/exitd.toml is kept).
+    Install {
+        /// Staging root to install below (packaging); `/` installs into the system.
+        #[arg(long, default_value = "/")]
+        dest_dir: PathBuf,
+        /// Prefix for the binary and documentation.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install the already built target/release/exitd.
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +66,11 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&workspace_root(), &args),
         Task::Demo { seconds } => demo::run(&workspace_root(), seconds),
         Task::Bench { names } => bench::run(&workspace_root(), &names),
+        Task::Install {
+            dest_dir,
+            prefix,
+            no_build,
+        } => install::run(&workspace_root(), &dest_dir, &prefix, no_build),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
