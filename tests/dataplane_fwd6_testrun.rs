@@ -348,3 +348,41 @@ fn sync_updates_and_removes_exactly_what_changed() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_route_back_out_of_the_ingress_interface_goes_to_the_kernel() {
+    // BPF_PROG_TEST_RUN delivers on the namespace's loopback (ifindex 1).
+    with_forwarder_via(1, |fwd| {
+        assert_passed(fwd, &udp_to(TENANT, 64), Verdict::PassHairpin);
+    });
+}
+
+#[test]
+fn an_egress_missing_from_the_devmap_is_dropped_and_counted_not_misdelivered() {
+    require_root();
+    let ns = NetNs::new("fwd6r").unwrap();
+    veth_pair(&ns, "eg0", &ns, "eg1").unwrap();
+    ns.run(|| {
+        let egress = exitd::iface::index_of("eg0").unwrap();
+        let mut fwd = Forwarder::new(egress, true);
+        let mut table = fwd.maps.read().unwrap();
+        table.ports.clear(); // the race the program guards against: port gone, route not yet
+        fwd.maps.sync(&table).unwrap();
+        let run = fwd.run(&udp_to(TENANT, 64));
+        assert_eq!(
+            run.verdict,
+            verdict::DROP,
+            "a rewritten frame cannot go back to the kernel"
+        );
+        assert_eq!(fwd.verdict_count(Verdict::PassRedirectFailed), 1);
+        assert_eq!(fwd.verdict_count(Verdict::Forwarded), 0);
+    })
+    .unwrap();
+}
+
+/// Like `with_forwarder`, with the routes pointing at `ifindex`.
+fn with_forwarder_via(ifindex: u32, f: impl FnOnce(&Forwarder) + Send) {
+    require_root();
+    let ns = NetNs::new("fwd6h").unwrap();
+    ns.run(move || f(&Forwarder::new(ifindex, true))).unwrap();
+}
