@@ -23,6 +23,9 @@ pub struct Config {
     /// Configuration registry: default layers and rules (`[registry]`); absent: none.
     #[serde(default)]
     pub registry: Option<crate::registry::RegistryConfig>,
+    /// Gateway failover through etcd (`[cluster]`); absent: a standalone node.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -86,6 +89,9 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.admin.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for name in &self.dataplane.interfaces {
             crate::iface::validate_name(name).context("dataplane.interfaces")?;
         }

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin command-line front end over these modules.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -38,6 +38,9 @@ enum Command {
     /// Explain and check the configuration registry (layers, rules, origins).
     #[command(subcommand)]
     Config(exitd::registry::cli::ConfigCommand),
+    /// Gateway failover cluster (etcd): members and gateway owners.
+    #[command(subcommand)]
+    Cluster(exitd::cluster::cli::ClusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,5 +77,6 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Plan(args) => exitd::plan::cli::run(args),
         Command::Apply(args) => exitd::netlink::run_apply(args),
         Command::Config(cmd) => exitd::registry::cli::run(cmd),
+        Command::Cluster(cmd) => exitd::cluster::cli::run(cmd),
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF), as CI has.
 
+pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod pins;
@@ -11,6 +12,7 @@ pub mod process;
 pub mod tempfile;
 pub mod testrun;
 
+pub use etcd::Etcd;
 pub use netns::{NetNs, veth_pair};
 pub use pins::TestPins;
 pub use tempfile::TempFile;

@@ -1,0 +1,265 @@
+//! Gateway failover against a real etcd (`/usr/bin/etcd`): members are in-process
+//! [`exitd::cluster::Cluster`]s, each with its own etcd connection. A partition is a real TCP
+//! proxy between one member and etcd that the test cuts.
+
+use exitd::cluster::{Cluster, ClusterConfig, Members, ring};
+use exitd_testkit::Etcd;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn config(endpoint: &str, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        endpoints: vec![endpoint.to_string()],
+        name: "test".into(),
+        node: node.into(),
+        lease_ttl: TTL.as_secs(),
+        gateways: ring::GATEWAYS.collect(),
+        replica_mode: Default::default(),
+        priorities: BTreeMap::new(),
+    }
+}
+
+async fn start(endpoint: &str, names: &[&str]) -> Vec<Cluster> {
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(Cluster::start(config(endpoint, name)).await.unwrap());
+    }
+    nodes
+}
+
+/// Starts members and waits until they own exactly what the ring gives them.
+async fn start_settled(endpoint: &str, names: &[&str]) -> Vec<Cluster> {
+    let nodes = start(endpoint, names).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    settle(&refs, &expected(names), Duration::from_secs(20)).await;
+    nodes
+}
+
+/// The assignment the ring gives for these node names (all Auto, all gateways).
+fn expected(names: &[&str]) -> BTreeMap<u8, String> {
+    let members: Members = names
+        .iter()
+        .map(|n| (n.to_string(), config("x", n).member_info()))
+        .collect();
+    ring::assignment(&members, &ring::Priorities::new())
+}
+
+/// Every gateway → the nodes that currently believe they own it.
+fn beliefs(nodes: &[&Cluster]) -> BTreeMap<u8, Vec<String>> {
+    let mut owners: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+    for node in nodes {
+        for gateway in node.owned() {
+            owners
+                .entry(gateway)
+                .or_default()
+                .push(node.node().to_string());
+        }
+    }
+    owners
+}
+
+/// Polls every 10 ms until the nodes' beliefs equal `want`, failing at once if two nodes
+/// ever believe they own the same gateway.
+async fn settle(nodes: &[&Cluster], want: &BTreeMap<u8, String>, timeout: Duration) -> Duration {
+    let begin = Instant::now();
+    loop {
+        let seen = beliefs(nodes);
+        let doubles: Vec<_> = seen.iter().filter(|(_, o)| o.len() > 1).collect();
+        assert!(doubles.is_empty(), "two owners at once: {doubles:?}");
+        let single: BTreeMap<u8, String> = seen
+            .into_iter()
+            .map(|(g, mut o)| (g, o.remove(0)))
+            .collect();
+        if &single == want {
+            return begin.elapsed();
+        }
+        assert!(
+            begin.elapsed() < timeout,
+            "ownership did not settle: have {single:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Gateway → owner name as etcd has it.
+async fn etcd_owners(endpoint: &str) -> BTreeMap<u8, String> {
+    let config = config(endpoint, "observer");
+    let mut client = config.connect().await.unwrap();
+    exitd::cluster::ownership::read_owners(&mut client, &config)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(g, (node, _))| (g, node))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_own_every_gateway_once_as_the_ring_says() {
+    let etcd = Etcd::start().unwrap();
+    let names = ["n1", "n2", "n3"];
+    let nodes = start(&etcd.endpoint(), &names).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    let want = expected(&names);
+    assert_eq!(want.len(), 15);
+    settle(&refs, &want, Duration::from_secs(20)).await;
+    assert_eq!(etcd_owners(&etcd.endpoint()).await, want);
+    let members = nodes[0].members();
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+}
+
+/// A TCP proxy to etcd that the test can cut: a network partition for one member.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, tasks2) = (cut.clone(), tasks.clone());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: the partition refuses new connections too
+                }
+                let upstream = upstream.clone();
+                tasks2.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            tasks,
+            accept,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .for_each(JoinHandle::abort);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_member_stops_owning_before_its_gateways_move() {
+    let etcd = Etcd::start().unwrap();
+    let proxy = Proxy::start(etcd.endpoint()).await;
+    let mut nodes = start(&etcd.endpoint(), &["n1", "n2"]).await;
+    nodes.push(
+        Cluster::start(config(&proxy.endpoint(), "n3"))
+            .await
+            .unwrap(),
+    );
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    settle(
+        &refs,
+        &expected(&["n1", "n2", "n3"]),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!nodes[2].owned().is_empty(), "the ring gives n3 something");
+
+    proxy.cut();
+    // n3 still runs and is polled throughout: it must give up before n1/n2 take over.
+    let took = settle(&refs, &expected(&["n1", "n2"]), Duration::from_secs(20)).await;
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "failover took {took:?}, more than the lease TTL + 1 s"
+    );
+    assert!(nodes[2].owned().is_empty());
+    assert_eq!(etcd_owners(&etcd.endpoint()).await, expected(&["n1", "n2"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_is_replaced_within_the_lease_ttl() {
+    let etcd = Etcd::start().unwrap();
+    let mut nodes = start_settled(&etcd.endpoint(), &["n1", "n2", "n3"]).await;
+    drop(nodes.remove(1)); // a crash: no release, the lease runs out
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    let took = settle(&refs, &expected(&["n1", "n3"]), Duration::from_secs(20)).await;
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "failover took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_over_without_waiting_for_the_lease() {
+    let etcd = Etcd::start().unwrap();
+    let mut nodes = start_settled(&etcd.endpoint(), &["n1", "n2", "n3"]).await;
+    nodes.remove(0).shutdown().await.unwrap();
+    // The lease was revoked: n1's keys are gone at once, not after the TTL.
+    let owners = etcd_owners(&etcd.endpoint()).await;
+    assert!(owners.values().all(|o| o != "n1"), "{owners:?}");
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    settle(&refs, &expected(&["n2", "n3"]), Duration::from_secs(20)).await;
+    assert!(!nodes[0].members().contains_key("n1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_keeps_owners_and_watches_resume() {
+    let mut etcd = Etcd::start().unwrap();
+    let endpoint = etcd.endpoint();
+    let mut nodes = start(&endpoint, &["n1", "n2", "n3"]).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    let before = expected(&["n1", "n2", "n3"]);
+    settle(&refs, &before, Duration::from_secs(20)).await;
+
+    etcd.restart().unwrap();
+    // Leases survive an etcd restart, so the owners do too: no gateway changes hands.
+    settle(&refs, &before, Duration::from_secs(20)).await;
+    assert_eq!(etcd_owners(&endpoint).await, before);
+
+    // The watches work again: a newcomer is seen by everybody and gets its share.
+    nodes.extend(start(&endpoint, &["n4"]).await);
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    settle(
+        &refs,
+        &expected(&["n1", "n2", "n3", "n4"]),
+        Duration::from_secs(20),
+    )
+    .await;
+    for node in &nodes {
+        assert_eq!(
+            node.members().len(),
+            4,
+            "{} sees {:?}",
+            node.node(),
+            node.members()
+        );
+    }
+}
