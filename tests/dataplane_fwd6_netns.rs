@@ -408,3 +408,38 @@ fn detach_on_exit_takes_the_forwarder_down_with_the_daemon() {
         "no XDP program left"
     );
 }
+
+#[test]
+fn registry_settings_set_the_tunnel_mtu_and_can_switch_xdp_off() {
+    require_root();
+    let node = ExitNode::new();
+    let mut config = std::fs::read_to_string(node.config_path()).unwrap();
+    config.push_str(&format!(
+        "\n[registry.global]\ngateway = {{ mtu = 1380 }}\n\
+         [registry.gateways.\"{}\"]\ngateway = {{ xdp_forward = false }}\n",
+        node.gateway()
+    ));
+    std::fs::write(node.config_path(), config).unwrap();
+    node.exitd(&["config", "check", &node.config()]);
+    node.apply_and_sync();
+    let wg = format!("wg-1abc-{}", node.alloc_nr);
+    let ep = exitd::netlink::netns::path(&format!("{}net-1abc-{}", node.prefix, node.alloc_nr));
+    let show = |ns: &std::path::Path, args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["--", "ip"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        show(&ep, &["link", "show", &wg]).contains("mtu 1380"),
+        "the registry's tunnel MTU"
+    );
+    let gw = exitd::netlink::netns::path(&node.gateway());
+    assert!(
+        !show(&gw, &["link", "show"]).contains("prog/xdp"),
+        "xdp_forward = false for this gateway"
+    );
+}

@@ -294,6 +294,8 @@ fn start_remote(fx: &mut Fixture, remote_key: &wireguard_control::Key, ep_public
     let plan = exitd::plan::WireguardPlan {
         link: wg.clone(),
         listen_port: 0x1d00,
+        mtu: 1420,
+        keepalive: 0,
         private_key_file: PathBuf::new(),
         peers: vec![exitd::plan::PeerPlan {
             node: "exit".into(),

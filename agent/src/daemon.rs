@@ -60,8 +60,8 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         for ifname in &config.dataplane.interfaces {
             dataplane::detach_xdp(&pins, ifname)?;
         }
-        if let Some(network) = config.network.as_ref().filter(|_| config.dataplane.forward) {
-            let plan = crate::plan::cli::plan_of(network)?;
+        if config.network.is_some() && config.dataplane.forward {
+            let plan = crate::plan::cli::plan_for(&config)?;
             dataplane::gateway::detach(&plan, &config.dataplane.pin_dir)?;
         }
         tracing::info!("data plane detached");
@@ -74,10 +74,14 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
 /// Attaches the XDP forwarder to the gateway of the configured network and starts following
 /// neighbour changes; None when there is no network or forwarding is off.
 fn start_forwarder(config: &Config) -> Result<Option<std::thread::JoinHandle<Result<()>>>> {
-    let (Some(network), true) = (&config.network, config.dataplane.forward) else {
+    if config.network.is_none() || !config.dataplane.forward {
         return Ok(None);
-    };
-    let plan = crate::plan::cli::plan_of(network)?;
+    }
+    let plan = crate::plan::cli::plan_for(config)?;
+    if !plan.dataplane.xdp_forward {
+        tracing::info!(gateway = %plan.dataplane.namespace, "XDP forwarding is off (registry: gateway.xdp_forward)");
+        return Ok(None);
+    }
     let pin_root = &config.dataplane.pin_dir;
     dataplane::gateway::attach(&plan, pin_root, config.dataplane.xdp_mode)?;
     let report = dataplane::gateway::sync(&plan, pin_root, std::time::Duration::from_secs(2))?;

@@ -121,10 +121,14 @@ pub fn run(cmd: DataplaneCommand) -> Result<()> {
 
 fn sync(config: &std::path::Path, wait_ms: u64) -> Result<()> {
     let config = crate::config::Config::load(config)?;
-    let Some(network) = &config.network else {
-        anyhow::bail!("the configuration has no [network] section: nothing to forward");
-    };
-    let plan = crate::plan::cli::plan_of(network)?;
+    let plan = crate::plan::cli::plan_for(&config)?;
+    if !plan.dataplane.xdp_forward {
+        println!(
+            "gateway {}: XDP forwarding is off (gateway.xdp_forward)",
+            plan.dataplane.namespace
+        );
+        return Ok(());
+    }
     let pin_root = &config.dataplane.pin_dir;
     super::gateway::attach(&plan, pin_root, config.dataplane.xdp_mode)?;
     let wait = std::time::Duration::from_millis(wait_ms);

@@ -59,8 +59,9 @@ pub struct ApplyArgs {
 }
 
 pub fn run_apply(args: ApplyArgs) -> Result<()> {
+    let config = crate::config::Config::load(&args.config)?;
     let network = plan::cli::load_network(&args.config)?;
-    let plan = plan::cli::plan_of(&network)?;
+    let plan = plan::cli::plan_for(&config)?;
     let options = ApplyOptions {
         wireguard: args.wireguard.unwrap_or(network.wireguard),
         state_dir: args.state_dir.unwrap_or(network.state_dir.clone()),
@@ -80,7 +81,7 @@ pub fn reconcile_config(config: &crate::config::Config) -> Result<()> {
     let Some(network) = &config.network else {
         return Ok(());
     };
-    let plan = plan::cli::plan_of(network)?;
+    let plan = plan::cli::plan_for(config)?;
     let options = ApplyOptions {
         wireguard: network.wireguard,
         state_dir: network.state_dir.clone(),
@@ -239,6 +240,7 @@ fn reconcile_namespace(plan: &Plan, ns: &NamespacePlan, wg: Option<WgSpec>) -> R
         let mut changes = reconcile_links(&handle, &ns, alloc_nr).await?;
         if let Some((wg_plan, key, backend)) = &wg {
             changes.extend(wireguard::reconcile(&**backend, wg_plan, key)?);
+            changes.extend(tunnel_mtu(&handle, wg_plan).await?);
         }
         changes.extend(forwarding()?);
         let links = observe::links(&handle).await?;
@@ -248,6 +250,19 @@ fn reconcile_namespace(plan: &Plan, ns: &NamespacePlan, wg: Option<WgSpec>) -> R
         Ok(changes)
     })?;
     Ok(prefixed(&name, changes))
+}
+
+/// Gives the WireGuard device the plan's MTU.
+async fn tunnel_mtu(handle: &Handle, wg: &plan::WireguardPlan) -> Result<Vec<String>> {
+    let links = observe::links(handle).await?;
+    let Some(link) = links.get(&wg.link) else {
+        return Ok(Vec::new());
+    };
+    if link.mtu == Some(wg.mtu) {
+        return Ok(Vec::new());
+    }
+    observe::set_mtu(handle, link.index, wg.mtu).await?;
+    Ok(vec![format!("{}: mtu {}", wg.link, wg.mtu)])
 }
 
 fn forwarding() -> Result<Vec<String>> {

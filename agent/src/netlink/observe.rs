@@ -27,6 +27,7 @@ pub const ROUTE_PROTOCOL: u8 = 78;
 pub struct Link {
     pub index: u32,
     pub up: bool,
+    pub mtu: Option<u32>,
 }
 
 /// Links of the namespace by name.
@@ -36,11 +37,16 @@ pub async fn links(handle: &Handle) -> Result<BTreeMap<String, Link>> {
     while let Some(msg) = stream.try_next().await.context("cannot list links")? {
         if let Some(name) = link_name(&msg) {
             let up = msg.header.flags.contains(LinkFlags::Up);
+            let mtu = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            });
             out.insert(
                 name,
                 Link {
                     index: msg.header.index,
                     up,
+                    mtu,
                 },
             );
         }
@@ -86,6 +92,17 @@ pub async fn move_link(handle: &Handle, index: u32, new_name: &str, ns_fd: RawFd
     handle.link().set(msg).execute().await.with_context(|| {
         format!("cannot move link {index} into the gateway namespace as {new_name}")
     })
+}
+
+/// Sets the MTU of link `index`.
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("cannot set the MTU of link {index}"))
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {

@@ -93,6 +93,19 @@ pub fn load_network(path: &Path) -> Result<NetworkConfig> {
     }
 }
 
+/// The plan of a whole configuration: derived from `[network]`, then refined by the
+/// registry's settings for this gateway (tunnel MTU and keepalive, XDP, port forwards).
+pub fn plan_for(config: &Config) -> Result<Plan> {
+    let Some(network) = &config.network else {
+        bail!("the configuration has no [network] section");
+    };
+    let plan = plan_of(network)?;
+    let gateway = plan.dataplane.namespace.clone();
+    let (settings, nat) = crate::registry::gateway_items::resolve(config, &gateway)?;
+    super::settings::apply(plan, &settings, &nat)
+        .with_context(|| format!("registry settings of gateway {gateway}"))
+}
+
 /// Derives the plan, with the input named in the error.
 pub fn plan_of(config: &NetworkConfig) -> Result<Plan> {
     super::derive(config).context("invalid network input")
@@ -111,7 +124,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
 }
 
 fn show(source: &PlanSource, json: bool) -> Result<()> {
-    let plan = plan_of(&source.network_config()?)?;
+    let plan = match (&source.config, source.allocation) {
+        // A whole configuration: the registry's gateway settings apply too.
+        (Some(path), None) => plan_for(&Config::load(path)?)?,
+        _ => plan_of(&source.network_config()?)?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

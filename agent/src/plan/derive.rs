@@ -247,6 +247,8 @@ fn exitpoint_plan(config: &NetworkConfig, tenant: &TenantConfig) -> Option<ExitP
             private_key_file: config.key_dir.join(format!("{wg}.key")),
             link: wg,
             listen_port: n::wireguard_port(nib),
+            mtu: super::settings::DEFAULT_WG_MTU,
+            keepalive: super::settings::DEFAULT_WG_KEEPALIVE,
             peers: remotes.iter().filter_map(|r| peer_plan(r)).collect(),
         },
     })
@@ -311,6 +313,7 @@ fn dataplane_plan(
     }
     DataplanePlan {
         namespace: gateway.name.clone(),
+        xdp_forward: true,
         default_route: NextHop {
             link: uplink.clone(),
             next_hop: n::upstream_ll(),

@@ -11,6 +11,7 @@ pub mod input;
 pub mod model;
 pub mod naming;
 pub mod render;
+pub mod settings;
 pub mod validate;
 
 pub use derive::derive;

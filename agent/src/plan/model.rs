@@ -102,6 +102,10 @@ pub struct ExitPointPlan {
 pub struct WireguardPlan {
     pub link: String,
     pub listen_port: u16,
+    /// MTU of the tunnel device (registry item `gateway`, field `mtu`).
+    pub mtu: u32,
+    /// Persistent keepalive toward every peer, seconds; 0 is off (`gateway.wg_keepalive`).
+    pub keepalive: u16,
     pub private_key_file: PathBuf,
     pub peers: Vec<PeerPlan>,
 }
@@ -120,6 +124,8 @@ pub struct PeerPlan {
 pub struct DataplanePlan {
     /// Gateway namespace these entries apply in.
     pub namespace: String,
+    /// Forward IPv6 in XDP (registry item `gateway`, field `xdp_forward`).
+    pub xdp_forward: bool,
     /// Toward the upstream router.
     pub default_route: NextHop,
     /// Per /64 behind this exit node: the gateway link and the ExitPoint's link-local.

@@ -6,6 +6,25 @@
 use super::{Field, FieldType, Item, Registry, SubjectKind};
 use serde::{Deserialize, Serialize};
 
+/// The resolved settings of the exit gateway named `gateway` (its namespace name; an
+/// unlisted gateway gets the shared layers), defaults without a `[registry]`.
+pub fn resolve(
+    config: &crate::config::Config,
+    gateway: &str,
+) -> anyhow::Result<(Gateway, Vec<NatForward>)> {
+    let Some(registry) = &config.registry else {
+        return Ok((Gateway::default(), Vec::new()));
+    };
+    let resolver = super::Resolver::new(super::standard(), registry.clone())?;
+    let listed = resolver.kind_of(gateway) == Some(SubjectKind::Gateway);
+    let name = if listed { gateway } else { "" };
+    let resolution = resolver.resolve(SubjectKind::Gateway, name, &Vec::new(), None)?;
+    Ok((
+        resolution.get::<Gateway>().unwrap_or_default(),
+        resolution.list::<NatForward>(),
+    ))
+}
+
 pub fn register(registry: &mut Registry) {
     registry.register::<Gateway>();
     registry.register::<NatForward>();
@@ -26,8 +45,8 @@ pub struct Gateway {
 impl Default for Gateway {
     fn default() -> Self {
         Gateway {
-            mtu: 1420,
-            wg_keepalive: 25,
+            mtu: crate::plan::settings::DEFAULT_WG_MTU,
+            wg_keepalive: u32::from(crate::plan::settings::DEFAULT_WG_KEEPALIVE),
             xdp_forward: true,
         }
     }

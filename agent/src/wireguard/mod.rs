@@ -385,6 +385,9 @@ pub fn reconcile(
         if let Some(endpoint) = peer.endpoint {
             builder = builder.set_endpoint(endpoint);
         }
+        if plan.keepalive > 0 {
+            builder = builder.set_persistent_keepalive_interval(plan.keepalive);
+        }
         update = update.add_peer(builder);
         changes.push(format!(
             "{}: peer {} ({})",
