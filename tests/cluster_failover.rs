@@ -263,3 +263,93 @@ async fn an_etcd_restart_keeps_owners_and_watches_resume() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_prints_members_and_owners_from_etcd() {
+    let etcd = Etcd::start().unwrap();
+    let nodes = start_settled(&etcd.endpoint(), &["n1", "n2"]).await;
+    let file = exitd_testkit::TempFile::with_text(
+        "toml",
+        &format!(
+            "[cluster]\nendpoints = [\"{}\"]\nname = \"test\"\nnode = \"cli\"\n",
+            etcd.endpoint()
+        ),
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_exitd"))
+        .args(["cluster", "status", "--config"])
+        .arg(file.path())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("  n1 {") && text.contains("  n2 {"), "{text}");
+    for (gateway, owner) in expected(&["n1", "n2"]) {
+        assert!(text.contains(&format!("\n  {gateway} {owner}\n")), "{text}");
+    }
+    drop(nodes);
+}
+
+#[test]
+fn cluster_status_without_a_cluster_section_is_a_clear_error() {
+    let file = exitd_testkit::TempFile::with_text("toml", "");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_exitd"))
+        .args(["cluster", "status", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("no [cluster] section"), "{text}");
+}
+
+/// `exitd run` with a `[cluster]` section, logging to a piped stderr.
+fn spawn_daemon(endpoint: &str, node: &str) -> (std::process::Child, exitd_testkit::TempFile) {
+    let file = exitd_testkit::TempFile::with_text(
+        "toml",
+        &format!(
+            "[admin]\nenabled = false\n[cluster]\nendpoints = [\"{endpoint}\"]\n\
+             name = \"test\"\nnode = \"{node}\"\nlease_ttl = {}\n",
+            TTL.as_secs()
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_exitd"))
+        .args(["run", "--config"])
+        .arg(file.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    exitd_testkit::process::wait_for_logs(&mut child, &["exitd running"], Duration::from_secs(20));
+    (child, file)
+}
+
+/// Polls etcd until its owner keys equal `want`.
+async fn etcd_settles(endpoint: &str, want: &BTreeMap<u8, String>) {
+    let begin = Instant::now();
+    while &etcd_owners(endpoint).await != want {
+        assert!(
+            begin.elapsed() < Duration::from_secs(20),
+            "etcd never showed {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exitd_run_processes_share_gateways_fail_over_on_kill_and_leave_on_sigterm() {
+    let etcd = Etcd::start().unwrap();
+    let endpoint = etcd.endpoint();
+    let (mut n1, _c1) = spawn_daemon(&endpoint, "n1");
+    let (mut n2, _c2) = spawn_daemon(&endpoint, "n2");
+    etcd_settles(&endpoint, &expected(&["n1", "n2"])).await;
+
+    n1.kill().unwrap(); // SIGKILL: no release, n1's lease runs out
+    n1.wait().unwrap();
+    etcd_settles(&endpoint, &expected(&["n2"])).await;
+
+    // SIGTERM: n2 revokes its lease before it exits, so nothing is left to expire.
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGTERM) }, 0);
+    assert!(n2.wait().unwrap().success());
+    assert!(etcd_owners(&endpoint).await.is_empty());
+}

@@ -42,6 +42,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     }
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
     crate::api::start(&config.admin, config.dataplane.pin_dir.clone()).await?;
+    let cluster = crate::cluster::start_for_daemon(&config).await?;
     tracing::info!(
         interfaces = config.dataplane.interfaces.len(),
         "exitd running"
@@ -56,6 +57,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         }
     }
     crate::notify::notify("STOPPING=1");
+    crate::cluster::stop_for_daemon(cluster).await;
     if config.dataplane.detach_on_exit {
         for ifname in &config.dataplane.interfaces {
             dataplane::detach_xdp(&pins, ifname)?;

@@ -137,6 +137,27 @@ impl ClusterConfig {
     }
 }
 
+/// Starts the cluster role for `exitd run`; None without a `[cluster]` section (a standalone
+/// node, as before).
+pub async fn start_for_daemon(config: &crate::config::Config) -> Result<Option<Cluster>> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    let node = Cluster::start(cluster.clone()).await?;
+    tracing::info!(node = %cluster.node, cluster = %cluster.name, "cluster member started");
+    Ok(Some(node))
+}
+
+/// Graceful stop for `exitd run`: give every gateway up at once instead of letting the lease
+/// run out. A failure only delays the hand-over until the lease expires, so it is logged.
+pub async fn stop_for_daemon(cluster: Option<Cluster>) {
+    if let Some(cluster) = cluster
+        && let Err(err) = cluster.shutdown().await
+    {
+        tracing::warn!(error = %format!("{err:#}"), "leaving the cluster failed; the lease will run out");
+    }
+}
+
 /// Reads every key under `prefix`, timing out after a lease TTL.
 pub async fn read_prefix(
     client: &mut etcd_client::Client,
