@@ -165,6 +165,10 @@ impl Proxy {
             .iter()
             .for_each(JoinHandle::abort);
     }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
@@ -202,6 +206,15 @@ async fn a_partitioned_member_stops_owning_before_its_gateways_move() {
     );
     assert!(nodes[2].owned().is_empty());
     assert_eq!(etcd_owners(&etcd.endpoint()).await, expected(&["n1", "n2"]));
+
+    // Healed: n3's old lease is gone, so it registers under a new one and gets its share back.
+    proxy.heal();
+    settle(
+        &refs,
+        &expected(&["n1", "n2", "n3"]),
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

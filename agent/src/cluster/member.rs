@@ -163,10 +163,16 @@ async fn keep_alive_stream(
     lease: &mut Lease,
     tx: &watch::Sender<Option<Lease>>,
 ) -> Result<()> {
-    let (mut keeper, mut stream) =
-        tokio::time::timeout(config.ttl(), client.lease_keep_alive(lease.id))
-            .await
-            .context("keep-alive stream timed out")??;
+    let opened = tokio::time::timeout(config.ttl(), client.lease_keep_alive(lease.id))
+        .await
+        .context("keep-alive stream timed out")?;
+    let (mut keeper, mut stream) = match opened {
+        // etcd-client reports a lease etcd no longer knows as an error when opening the stream.
+        Err(etcd_client::Error::LeaseKeepAliveError(reason)) if reason == "lease not found" => {
+            return Ok(());
+        }
+        other => other?,
+    };
     loop {
         let sent = Instant::now();
         keeper.keep_alive().await?;
