@@ -155,6 +155,19 @@ impl ExitNode {
         assert_success(&out, &["attach port0"]);
     }
 
+    /// Starts `exitd run` in the host namespace and waits for the log lines `ready`.
+    fn start_daemon(&self, ready: &[&str]) -> (std::process::Child, Vec<String>) {
+        let mut daemon = self
+            .host
+            .command(EXITD)
+            .args(["run", "--config", &self.config()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = wait_for_logs(&mut daemon, ready, Duration::from_secs(20));
+        (daemon, logs)
+    }
+
     fn gateway_pins(&self) -> PathBuf {
         self.pins.path().join(self.gateway())
     }
@@ -319,18 +332,7 @@ fn restarting_the_agent_during_a_ping_flood_loses_nothing() {
     // Restart the daemon twice while packets flow: it re-applies the plan, reuses the pinned
     // maps and links and resumes following neighbours; SIGTERM leaves forwarding up.
     for _ in 0..2 {
-        let mut daemon = node
-            .host
-            .command(EXITD)
-            .args(["run", "--config", &node.config()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = wait_for_logs(
-            &mut daemon,
-            &["exitd running", "admin API listening"],
-            Duration::from_secs(20),
-        );
+        let (mut daemon, logs) = node.start_daemon(&["exitd running", "admin API listening"]);
         let (status, metrics) = http_get(&node.host, &logged_addr(&logs[1]), "/metrics", &[]);
         assert_eq!(status, 200);
         let series = format!(
@@ -385,14 +387,7 @@ fn detach_on_exit_takes_the_forwarder_down_with_the_daemon() {
     let config = std::fs::read_to_string(node.config_path()).unwrap();
     let config = config.replacen("[dataplane]\n", "[dataplane]\ndetach_on_exit = true\n", 1);
     std::fs::write(node.config_path(), config).unwrap();
-    let mut daemon = node
-        .host
-        .command(EXITD)
-        .args(["run", "--config", &node.config()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_logs(&mut daemon, &["exitd running"], Duration::from_secs(20));
+    let (mut daemon, _) = node.start_daemon(&["exitd running"]);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());
