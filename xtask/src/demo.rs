@@ -265,16 +265,22 @@ impl Demo {
                 pins.to_str().unwrap_or_default()
             ])?)
         );
-        println!("==> verdicts (exitd dataplane stats):");
-        print!(
-            "{}",
-            indent(&self.exitd(&[
+        println!(
+            "==> attachments and verdicts (exitd dataplane stats, inside the gateway namespace):"
+        );
+        let gw = PathBuf::from("/run/netns").join(gateway());
+        let stats = Command::new("nsenter")
+            .arg(format!("--net={}", gw.display()))
+            .arg("--")
+            .arg(&self.exitd)
+            .args([
                 "dataplane",
                 "stats",
                 "--pin-dir",
-                pins.to_str().unwrap_or_default()
-            ])?)
-        );
+                pins.to_str().unwrap_or_default(),
+            ])
+            .output()?;
+        print!("{}", indent(&checked(stats, "exitd dataplane stats")?));
         println!(
             "==> summary: with kernel forwarding off in the gateway, every echo request that reached an"
         );

@@ -221,9 +221,11 @@ fn print_stats(attachments: &[Attachment], counters: &[IfaceCounters], per_cpu: 
         } else {
             format!("{} (stale)", a.program)
         };
+        // Only xdp_count keeps per-interface counters; the forwarder counts per verdict
+        // and per route (below, and `exitd dataplane routes`).
         println!(
             "{:<16} {:>8} {program:<10} {:>14} {:>16}",
-            a.ifname, a.ifindex, 0, 0
+            a.ifname, a.ifindex, "-", "-"
         );
     }
 }
