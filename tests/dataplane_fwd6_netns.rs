@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{add_upstream_routes, assert_success, clean_run};
+use common::{assert_success, clean_run};
 use exitd_testkit::{
     NetNs, TestPins, poll_until,
     process::{http_get, logged_addr, wait_for_logs},
@@ -137,7 +137,7 @@ impl ExitNode {
             "--port",
             "port0",
         ]);
-        assert_eq!(add_upstream_routes(&self.upstream, &routes), 1);
+        assert_eq!(self.upstream.add_upstream_routes(&routes).unwrap().len(), 1);
         // The upstream router here is a veth sending its own TCP: without checksum offload,
         // as a real router's forwarded traffic would be (exitd does the same for the
         // ExitPoint ends it manages).

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{add_upstream_routes, assert_success, clean_run};
+use common::{assert_success, clean_run};
 use exitd_testkit::{NetNs, poll_until, require_root, veth_pair};
 use std::{
     collections::BTreeSet,
@@ -266,7 +266,7 @@ fn setup_upstream(fx: &Fixture) {
         "--port",
         "port0",
     ]);
-    let count = add_upstream_routes(up, &routes);
+    let count = up.add_upstream_routes(&routes).unwrap().len();
     assert_eq!(count, 1, "one exit node, one upstream route: {routes}");
 }
 

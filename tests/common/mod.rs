@@ -2,7 +2,6 @@
 //! (included with `mod common;`; not every test uses every piece).
 #![allow(dead_code)]
 
-use exitd_testkit::NetNs;
 use std::{path::Path, process::Output};
 
 /// Fails with the command's stderr and stdout unless it succeeded.
@@ -39,25 +38,4 @@ pub fn clean_run(dir: &Path, prefix: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Adds the routes `exitd plan upstream` printed to the upstream namespace, as an operator
-/// would type them into the router; returns how many.
-pub fn add_upstream_routes(upstream: &NetNs, printed: &str) -> usize {
-    let mut count = 0;
-    for line in printed.lines() {
-        let route: Vec<&str> = line
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if !route.is_empty() {
-            upstream
-                .ip(&[&["-6", "route", "add"][..], &route].concat())
-                .unwrap();
-            count += 1;
-        }
-    }
-    count
 }

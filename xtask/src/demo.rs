@@ -149,17 +149,8 @@ impl Demo {
             "--port",
             "port0",
         ])?;
-        for line in routes.lines() {
-            let route: Vec<&str> = line
-                .split('#')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            if !route.is_empty() {
-                println!("    upstream# ip -6 route add {}", route.join(" "));
-                up.ip(&[&["-6", "route", "replace"][..], &route].concat())?;
-            }
+        for route in up.add_upstream_routes(&routes)? {
+            println!("    upstream# ip -6 route add {route}");
         }
         // A veth only takes frames redirected by XDP when its own side runs XDP, and a veth
         // sending its own TCP must compute checksums (real routers' NICs do).

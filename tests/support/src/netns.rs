@@ -76,6 +76,25 @@ impl NetNs {
         })
     }
 
+    /// Adds the routes `exitd plan upstream` printed (one per line, `#` comments) as an
+    /// operator would type them into the upstream router; returns them without comments.
+    pub fn add_upstream_routes(&self, printed: &str) -> Result<Vec<String>> {
+        let mut added = Vec::new();
+        for line in printed.lines() {
+            let route: Vec<&str> = line
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if !route.is_empty() {
+                self.ip(&[&["-6", "route", "replace"][..], &route].concat())?;
+                added.push(route.join(" "));
+            }
+        }
+        Ok(added)
+    }
+
     /// Sets a sysctl inside the namespace (e.g. `net.ipv6.conf.all.forwarding`, `0`).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])
