@@ -134,45 +134,80 @@ pub fn attach_xdp(
     program: XdpProgram,
     mode: XdpModeArg,
 ) -> Result<AttachOutcome> {
-    let ifindex = iface::index_of(ifname)?;
+    let mut outcomes = attach_xdp_all(pins, &[ifname.to_string()], program, mode)?;
+    outcomes.pop().context("one interface gives one outcome")
+}
+
+/// `attach_xdp` for several interfaces at once: the program is loaded (and verified) once
+/// and only when some interface still needs it, then attached to each.
+pub fn attach_xdp_all(
+    pins: &PinDir,
+    ifnames: &[String],
+    program: XdpProgram,
+    mode: XdpModeArg,
+) -> Result<Vec<AttachOutcome>> {
+    let name = program.name();
+    let ifindexes = ifnames
+        .iter()
+        .map(|n| iface::index_of(n))
+        .collect::<Result<Vec<u32>>>()?;
     pins.ensure()?;
-    for old in attachments(pins)?
-        .into_iter()
-        .filter(|a| a.ifname == ifname)
-    {
-        if old.live && old.program == program.name() {
-            return Ok(AttachOutcome::AlreadyAttached { ifindex });
+    let existing = attachments(pins)?;
+    let mut outcomes = Vec::with_capacity(ifnames.len());
+    let mut ebpf = None;
+    for (ifname, &ifindex) in ifnames.iter().zip(&ifindexes) {
+        if existing
+            .iter()
+            .any(|a| &a.ifname == ifname && a.live && a.program == name)
+        {
+            outcomes.push(AttachOutcome::AlreadyAttached { ifindex });
+            continue;
         }
-        tracing::info!(
-            ifname,
-            old_ifindex = old.ifindex,
-            old.program,
-            "removing old XDP link"
-        );
-        unpin(&old)?;
+        for old in existing.iter().filter(|a| &a.ifname == ifname) {
+            tracing::info!(
+                ifname,
+                old_ifindex = old.ifindex,
+                old.program,
+                "removing old XDP link"
+            );
+            unpin(old)?;
+        }
+        if ebpf.is_none() {
+            ebpf = Some(load_program(pins, name)?);
+        }
+        let xdp: &mut Xdp = ebpf
+            .as_mut()
+            .and_then(|e| e.program_mut(name))
+            .with_context(|| format!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        let link_id = xdp
+            .attach_to_if_index(ifindex, mode.into())
+            .with_context(|| format!("cannot attach {name} to {ifname} in {mode:?} mode"))?;
+        let link = xdp.take_link(link_id)?;
+        pin_link(link, pins, name, ifname, ifindex)?;
+        tracing::info!(ifname, ifindex, ?mode, "attached {name}");
+        outcomes.push(AttachOutcome::Attached { ifindex });
     }
+    Ok(outcomes)
+}
+
+/// Loads the object with every map pinned in `pins` (all programs and later runs of exitd
+/// share the same state) and loads `name` into the kernel.
+fn load_program(pins: &PinDir, name: &str) -> Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
-    // Every map is pinned: all programs and all later runs of exitd share the same state.
     for map in std::iter::once(IFACE_COUNTERS_MAP).chain(FWD6_MAPS) {
         loader.map_pin_path(map, pins.map(map));
     }
     let mut ebpf = loader.load(OBJECT).context(
         "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
     )?;
-    let name = program.name();
     let xdp: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?
         .try_into()?;
     xdp.load()
         .with_context(|| format!("the kernel refused to load {name}"))?;
-    let link_id = xdp
-        .attach_to_if_index(ifindex, mode.into())
-        .with_context(|| format!("cannot attach {name} to {ifname} in {mode:?} mode"))?;
-    let link = xdp.take_link(link_id)?;
-    pin_link(link, pins, name, ifname, ifindex)?;
-    tracing::info!(ifname, ifindex, ?mode, "attached {name}");
-    Ok(AttachOutcome::Attached { ifindex })
+    Ok(ebpf)
 }
 
 fn pin_link(link: XdpLink, pins: &PinDir, program: &str, ifname: &str, ifindex: u32) -> Result<()> {

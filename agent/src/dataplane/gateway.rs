@@ -6,7 +6,7 @@
 //! devmap's interfaces and netlink sockets all belong to the namespace of the caller.
 
 use super::{
-    AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp,
+    AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all,
     fwd6::{Fwd6Maps, Fwd6Table, SyncReport, prefix64},
 };
 use crate::{
@@ -231,8 +231,9 @@ pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
     let mut fwd_links: Vec<String> = next_hops(plan).into_iter().map(|(link, _)| link).collect();
     fwd_links.dedup();
     netns::run_in(Some(&gw), move || async move {
-        for link in &fwd_links {
-            log_attach(link, attach_xdp(&pins, link, XdpProgram::Fwd6, mode)?);
+        let outcomes = attach_xdp_all(&pins, &fwd_links, XdpProgram::Fwd6, mode)?;
+        for (link, outcome) in fwd_links.iter().zip(outcomes) {
+            log_attach(link, outcome);
         }
         Ok(())
     })?;

@@ -14,8 +14,8 @@ pub mod metrics;
 mod pins;
 
 pub use attach::{
-    AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attachments, detach_all,
-    detach_xdp,
+    AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all, attachments,
+    detach_all, detach_xdp,
 };
 pub use counters::{IfaceCounters, read_iface_counters};
 pub use pins::PinDir;
