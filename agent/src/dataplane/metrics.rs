@@ -9,25 +9,10 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv6Addr, path::Path};
 /// labelled by namespace, in the Prometheus text format. Interface names come from the link
 /// pins, which record them: the scraping process may live in another network namespace.
 pub fn gather(pin_root: &Path) -> Result<String> {
-    let mut dirs = vec![(String::new(), PinDir::new(pin_root))];
-    if let Ok(entries) = std::fs::read_dir(pin_root) {
-        let mut subdirs: Vec<_> = entries
-            .flatten()
-            .filter(|e| e.path().join("links").is_dir())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    PinDir::new(e.path()),
-                )
-            })
-            .collect();
-        subdirs.sort_by(|a, b| a.0.cmp(&b.0));
-        dirs.extend(subdirs);
-    }
     let mut ifaces = Vec::new();
     let mut verdicts = Vec::new();
     let mut routes = Vec::new();
-    for (namespace, pins) in &dirs {
+    for (namespace, pins) in &pin_dirs(pin_root) {
         let names: BTreeMap<u32, String> = super::attachments(pins)?
             .into_iter()
             .map(|a| (a.ifindex, a.ifname))
@@ -63,6 +48,27 @@ pub fn gather(pin_root: &Path) -> Result<String> {
         }
     }
     Ok(render_labelled(&ifaces, &verdicts, &routes))
+}
+
+/// The pin directories under `pin_root`: its own (namespace "") and one per namespace that
+/// has attachments, by namespace name.
+pub fn pin_dirs(pin_root: &Path) -> Vec<(String, PinDir)> {
+    let mut dirs = vec![(String::new(), PinDir::new(pin_root))];
+    if let Ok(entries) = std::fs::read_dir(pin_root) {
+        let mut subdirs: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.path().join("links").is_dir())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    PinDir::new(e.path()),
+                )
+            })
+            .collect();
+        subdirs.sort_by(|a, b| a.0.cmp(&b.0));
+        dirs.extend(subdirs);
+    }
+    dirs
 }
 
 fn render_labelled(

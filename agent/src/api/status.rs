@@ -1,0 +1,124 @@
+//! `GET /status`: a JSON summary of the node. The roles contribute named sections (see
+//! [`super::AdminRoutes::status`]); the data plane's section is read from the pinned maps,
+//! which `exitd status` can also read without a running daemon.
+
+use crate::dataplane::{self, fwd6::Fwd6Maps, metrics::pin_dirs};
+use exitd_common::{ROUTES6_MAP, Verdict};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::{path::Path, sync::Arc};
+
+type Section = Box<dyn Fn() -> Value + Send + Sync>;
+
+/// The registered sections, by name.
+#[derive(Default)]
+pub struct Sections(Vec<(String, Section)>);
+
+impl Sections {
+    pub fn add(&mut self, name: &str, section: impl Fn() -> Value + Send + Sync + 'static) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.to_string(), Box::new(section)));
+    }
+
+    fn collect(&self) -> Map<String, Value> {
+        self.0
+            .iter()
+            .map(|(name, section)| (name.clone(), section()))
+            .collect()
+    }
+}
+
+/// `GET /status`.
+pub async fn serve(sections: Arc<Sections>, pin_root: std::path::PathBuf) -> axum::Json<Value> {
+    let mut status = sections.collect();
+    let dataplane = tokio::task::spawn_blocking(move || dataplane_status(&pin_root))
+        .await
+        .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    status.insert("dataplane".into(), dataplane);
+    axum::Json(Value::Object(status))
+}
+
+/// What one pin directory (the root's or a namespace's) holds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PinDirStatus {
+    /// "" for the root's own directory, else the network namespace.
+    pub namespace: String,
+    pub attachments: Vec<dataplane::Attachment>,
+    /// Routes in the forwarder's maps (None: no forwarder pinned here).
+    pub routes: Option<usize>,
+    /// Packets the forwarder redirected in XDP.
+    pub forwarded_packets: Option<u64>,
+    /// Why the maps could not be read, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The data plane as the pinned links and maps under `pin_root` show it; never fails (an
+/// unreadable part is reported in its `error`).
+pub fn dataplane_status(pin_root: &Path) -> Value {
+    let dirs: Vec<PinDirStatus> = pin_dirs(pin_root)
+        .into_iter()
+        .map(|(namespace, pins)| pin_dir_status(namespace, &pins))
+        .filter(|d| !d.attachments.is_empty() || d.routes.is_some() || d.error.is_some())
+        .collect();
+    json!({ "pin_dir": pin_root, "namespaces": dirs })
+}
+
+fn pin_dir_status(namespace: String, pins: &dataplane::PinDir) -> PinDirStatus {
+    let mut status = PinDirStatus {
+        namespace,
+        attachments: Vec::new(),
+        routes: None,
+        forwarded_packets: None,
+        error: None,
+    };
+    match dataplane::attachments(pins) {
+        Ok(attachments) => status.attachments = attachments,
+        Err(e) => status.error = Some(format!("{e:#}")),
+    }
+    if pins.map(ROUTES6_MAP).exists()
+        && let Err(e) = read_forwarder(pins, &mut status)
+    {
+        status.error = Some(format!("{e:#}"));
+    }
+    status
+}
+
+fn read_forwarder(pins: &dataplane::PinDir, status: &mut PinDirStatus) -> anyhow::Result<()> {
+    let maps = Fwd6Maps::open_pinned(pins)?;
+    let table = maps.read()?;
+    status.routes = Some(table.routes64.len() + table.lpm.len());
+    let forwarded = maps
+        .verdict_counters()?
+        .into_iter()
+        .filter(|(v, _)| *v == Verdict::Forwarded)
+        .map(|(_, c)| c.packets)
+        .sum();
+    status.forwarded_packets = Some(forwarded);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_added_again_replaces_the_first() {
+        let mut sections = Sections::default();
+        sections.add("a", || json!(1));
+        sections.add("b", || json!(2));
+        sections.add("a", || json!(3));
+        let collected = sections.collect();
+        assert_eq!(collected.len(), 2);
+        assert_eq!(collected["a"], json!(3));
+    }
+
+    #[test]
+    fn an_empty_pin_dir_is_an_empty_data_plane() {
+        let dir = std::env::temp_dir().join(format!("exitd-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = dataplane_status(&dir);
+        assert_eq!(status["namespaces"], json!([]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
