@@ -17,34 +17,6 @@ fn standalone(dir: &TempDir, extra: &str) -> Broker {
     Broker::start(&["--config", config.to_str().expect("utf-8 path")])
 }
 
-/// Splits off the signature line and verifies it with `signify-openbsd -V`, like the node.
-fn verify_with_signify(dir: &TempDir, body: &str) -> Result<(), String> {
-    let (json, signature) = body.rsplit_once('\n').ok_or("no signature line")?;
-    let msg = dir.path().join("config.json");
-    let sig = dir.path().join("config.json.sig");
-    std::fs::write(&msg, format!("{json}\n")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        &sig,
-        format!("untrusted comment: signed by exitd\n{signature}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let out = Command::new("signify-openbsd")
-        .arg("-V")
-        .arg("-p")
-        .arg(dir.path().join("broker.pub"))
-        .arg("-x")
-        .arg(&sig)
-        .arg("-m")
-        .arg(&msg)
-        .output()
-        .map_err(|e| format!("cannot run signify-openbsd (apt install signify-openbsd): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 #[test]
 fn node_script_flow_verifies_with_signify() {
     let dir = TempDir::new("flow");

@@ -56,9 +56,10 @@ fn broker_config(args: &BrokerArgs) -> Result<(BrokerConfig, Option<RegistryConf
     let (mut config, registry) = match (&args.config, &args.wgkex_config) {
         (Some(path), _) => {
             let file = Config::load(path)?;
-            let parker = file
+            let mut parker = file
                 .parker
                 .with_context(|| format!("{} has no [parker] section", path.display()))?;
+            parker.inherit_cluster(file.cluster.as_ref());
             (parker, file.registry)
         }
         (None, Some(path)) => {

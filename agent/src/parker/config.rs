@@ -1,6 +1,6 @@
 //! The broker's configuration: the `[parker]` section of exitd's TOML file.
 
-use super::{ipam::validate_parent, sign::ResponseSigner};
+use super::{etcd::EtcdSpace, ipam::validate_parent, sign::ResponseSigner};
 use anyhow::{Context, Result, bail, ensure};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -53,9 +53,18 @@ pub struct BrokerConfig {
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub ipam: IpamConfig,
-    /// Concentrators (standalone mode takes them as online).
+    /// Concentrators (standalone mode takes them as online). With `[parker.etcd]` they are
+    /// the seed: online until the first read of etcd, which then decides.
     #[serde(default)]
     pub concentrators: Vec<ConcentratorConfig>,
+    /// Shared state in etcd (`[parker.etcd]`, may be empty to take the `[cluster]` endpoints):
+    /// concentrators' liveness, data and peer counts, node announcements, live brokers.
+    #[serde(default)]
+    pub etcd: Option<EtcdSpace>,
+    /// Seconds between two announcements of the same node to the concentrators (an
+    /// announcement is also made whenever its prefix or selection changed).
+    #[serde(default = "default_announce_interval")]
+    pub announce_interval: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -106,6 +115,8 @@ pub enum IpamBackend {
     #[default]
     Local,
     Netbox,
+    /// Shared by several brokers through etcd transactions.
+    Etcd,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -121,6 +132,10 @@ pub struct IpamConfig {
     pub parent: Ipv6Net,
     #[serde(default)]
     pub netbox: Option<NetboxConfig>,
+    /// The etcd backend's space (`[parker.ipam.etcd]`); default `[parker.etcd]`, then the
+    /// `[cluster]` endpoints.
+    #[serde(default)]
+    pub etcd: Option<EtcdSpace>,
 }
 
 impl Default for IpamConfig {
@@ -130,6 +145,7 @@ impl Default for IpamConfig {
             path: default_ipam_path(),
             parent: default_parent(),
             netbox: None,
+            etcd: None,
         }
     }
 }
@@ -177,6 +193,9 @@ fn default_concentrator_address4() -> Ipv4Addr {
 fn default_live_brokers() -> u32 {
     1
 }
+fn default_announce_interval() -> u64 {
+    60
+}
 fn default_rate() -> f64 {
     5.0
 }
@@ -196,6 +215,22 @@ impl BrokerConfig {
     pub fn with_defaults() -> BrokerConfig {
         // An empty table only takes defaults, which cannot fail to deserialize.
         toml::from_str("").unwrap_or_else(|_| unreachable!("defaults deserialize"))
+    }
+
+    /// Fills the etcd settings left out from the `[cluster]` section (endpoints, key prefix).
+    /// Call before [`BrokerConfig::validate`].
+    pub fn inherit_cluster(&mut self, cluster: Option<&crate::cluster::ClusterConfig>) {
+        if let Some(space) = self.etcd.as_mut() {
+            space.inherit(cluster);
+        }
+        if self.ipam.backend == IpamBackend::Etcd && self.ipam.etcd.is_none() {
+            let mut space = self.etcd.clone().unwrap_or_default();
+            space.inherit(cluster);
+            self.ipam.etcd = Some(space);
+        }
+        if let Some(space) = self.ipam.etcd.as_mut() {
+            space.inherit(cluster);
+        }
     }
 
     /// Checks what serde cannot: ids, keys, endpoints, ranges.
@@ -224,6 +259,16 @@ impl BrokerConfig {
                 netbox.api_key.is_some() != netbox.api_key_file.is_some(),
                 "ipam.netbox needs exactly one of api_key and api_key_file"
             );
+        }
+        if self.ipam.backend == IpamBackend::Etcd {
+            let space = self.ipam.etcd.as_ref().context(
+                "ipam.backend is etcd but no etcd is configured ([parker.ipam.etcd], \
+                 [parker.etcd] or [cluster])",
+            )?;
+            space.validate("parker.ipam.etcd")?;
+        }
+        if let Some(space) = &self.etcd {
+            space.validate("parker.etcd")?;
         }
         ensure!(
             !(self.signing_key.is_some() && self.signing_key_file.is_some()),

@@ -11,7 +11,7 @@ use super::{
     sign::ResponseSigner,
     unix_now,
 };
-use crate::registry::RegistryConfig;
+use crate::{api::metrics, registry::RegistryConfig};
 use anyhow::{Context, Result};
 use axum::{
     Router,
@@ -53,6 +53,8 @@ pub struct Broker {
     concentrator_address4: Ipv4Addr,
     domains: Vec<String>,
     limiter: Option<RateLimiter>,
+    /// The shared etcd state, with `[parker.etcd]`.
+    discovery: Option<super::discovery::Discovery>,
 }
 
 impl Broker {
@@ -76,8 +78,10 @@ impl Broker {
         }
         let limiter = (config.rate_limit.per_second > 0.0)
             .then(|| RateLimiter::new(config.rate_limit.per_second, config.rate_limit.burst));
+        let concentrators = Arc::new(concentrators_from_config(config, standalone)?);
+        let discovery = start_discovery(config, &concentrators);
         Ok(Broker {
-            concentrators: Arc::new(concentrators_from_config(config, standalone)?),
+            concentrators,
             ipam: open_ipam(config)?,
             signer,
             serve_parker: config.parker,
@@ -88,6 +92,7 @@ impl Broker {
             concentrator_address4: config.concentrator_address4,
             domains: config.domains.clone(),
             limiter,
+            discovery,
         })
     }
 
@@ -130,7 +135,10 @@ impl Broker {
         let signer = self
             .signer
             .as_ref()
-            .ok_or_else(|| ApiError::internal("the broker has no signing key"))?;
+            .ok_or_else(|| {
+                metrics::BROKER_SIGNING_FAILURES.inc(&[]);
+                ApiError::internal("the broker has no signing key")
+            })?;
         let node = self.ipam.node(&query.pubkey).await.map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "IPAM lookup failed");
             ApiError::internal("IPAM error")
@@ -145,6 +153,10 @@ impl Broker {
         }
         self.remember_selection(&query.pubkey, &node.selected, &assigned)
             .await;
+        if let Some(discovery) = &self.discovery {
+            let names: Vec<String> = assigned.iter().map(|a| a.name.clone()).collect();
+            discovery.announce(&query.pubkey, node.prefix, &names);
+        }
         let response = ParkerResponse {
             nonce: &query.nonce,
             time: unix_now(),
@@ -187,6 +199,26 @@ impl Broker {
         }
         Ok(request)
     }
+}
+
+/// Follows the concentrators in etcd when `[parker.etcd]` is set (needs a Tokio runtime).
+fn start_discovery(
+    config: &BrokerConfig,
+    concentrators: &Arc<Concentrators>,
+) -> Option<super::discovery::Discovery> {
+    let space = config.etcd.clone()?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!("no runtime: the broker does not follow etcd");
+        return None;
+    }
+    let name = format!("{}-{}", super::hostname(), std::process::id());
+    let interval = std::time::Duration::from_secs(config.announce_interval);
+    Some(super::discovery::Discovery::start(
+        space,
+        Arc::clone(concentrators),
+        interval,
+        name,
+    ))
 }
 
 /// A validated `/config` query.
@@ -274,6 +306,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::BROKER_ERRORS.inc(&[self.message]);
         let body = serde_json::json!({ "error": { "message": self.message } }).to_string();
         (
             self.status,
@@ -413,14 +446,38 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
+/// The broker's endpoints; anything else is counted as `other` (bounded label values).
+const ENDPOINTS: [&str; 5] = [
+    "/config",
+    "/api/v3/config",
+    "/api/v3/wg/key/exchange",
+    "/api/v2/wg/key/exchange",
+    "/api/v1/wg/key/exchange",
+];
+
+/// Counts every answer by endpoint and status and observes its latency (outermost layer:
+/// rate-limited and malformed requests count too).
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let endpoint = ENDPOINTS
+        .into_iter()
+        .find(|e| *e == request.uri().path())
+        .unwrap_or("other");
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    metrics::BROKER_REQUESTS.inc(&[endpoint, status.as_str()]);
+    metrics::BROKER_LATENCY.observe(&[endpoint], started.elapsed().as_secs_f64());
+    response
+}
+
 /// The routes, with limits.
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
-        .route("/config", get(config_handler))
-        .route("/api/v3/config", get(config_handler))
-        .route("/api/v3/wg/key/exchange", get(config_handler))
-        .route("/api/v2/wg/key/exchange", post(v2_handler))
-        .route("/api/v1/wg/key/exchange", post(v1_handler))
+        .route(ENDPOINTS[0], get(config_handler))
+        .route(ENDPOINTS[1], get(config_handler))
+        .route(ENDPOINTS[2], get(config_handler))
+        .route(ENDPOINTS[3], post(v2_handler))
+        .route(ENDPOINTS[4], post(v1_handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -429,7 +486,22 @@ pub fn router(broker: Arc<Broker>) -> Router {
             Arc::clone(&broker),
             rate_limit,
         ))
+        .layer(middleware::from_fn(record_metrics))
         .with_state(broker)
+}
+
+/// Keeps `exitd_ipam_allocated_prefixes` current while the broker lives.
+fn export_ipam_size(broker: &Arc<Broker>) {
+    let broker = Arc::downgrade(broker);
+    metrics::on_scrape(move || {
+        let Some(broker) = broker.upgrade() else {
+            return false;
+        };
+        if let Some(nodes) = broker.ipam.node_count() {
+            metrics::IPAM_ALLOCATED.set(&[], nodes as f64);
+        }
+        true
+    });
 }
 
 /// Binds the listening socket.
@@ -445,6 +517,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    export_ipam_size(&broker);
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

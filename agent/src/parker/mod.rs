@@ -39,6 +39,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod discovery;
+pub mod etcd;
 pub mod http;
 pub mod ipam;
 pub mod items;
@@ -58,7 +60,10 @@ use sign::ResponseSigner;
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 /// `^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$`: the base64 of 32 bytes, as nodes send it.
@@ -90,6 +95,17 @@ pub struct WorkerData {
     pub link_address: Ipv6Addr,
 }
 
+/// A concentrator as the broker currently sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcentratorState {
+    pub name: String,
+    pub id: u32,
+    pub pop: String,
+    pub online: bool,
+    /// The last reported count plus this broker's interpolation; None before any report.
+    pub connected_peers: Option<i64>,
+}
+
 /// One concentrator in a node's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assigned {
@@ -101,14 +117,15 @@ pub struct Assigned {
 /// Run-time view of the concentrators: configured specs plus what they report. The cluster
 /// feeds it from etcd; standalone mode fills it from the configuration.
 pub struct Concentrators {
-    specs: Vec<WorkerSpec>,
     policy: Policy,
-    live_brokers: i64,
+    live_brokers: AtomicI64,
     state: Mutex<Reported>,
 }
 
 #[derive(Default)]
 struct Reported {
+    /// Configured (seed) and discovered concentrators.
+    specs: Vec<WorkerSpec>,
     /// In first-seen order, which breaks selection ties.
     metrics: Vec<WorkerMetric>,
     data: HashMap<String, WorkerData>,
@@ -117,13 +134,15 @@ struct Reported {
 impl Concentrators {
     pub fn new(specs: Vec<WorkerSpec>, tolerance_percent: f64, live_brokers: u32) -> Self {
         Concentrators {
-            specs,
             policy: Policy {
                 tolerance_percent,
                 require_configured: true,
             },
-            live_brokers: i64::from(live_brokers.max(1)),
-            state: Mutex::new(Reported::default()),
+            live_brokers: AtomicI64::new(i64::from(live_brokers.max(1))),
+            state: Mutex::new(Reported {
+                specs,
+                ..Reported::default()
+            }),
         }
     }
 
@@ -157,12 +176,65 @@ impl Concentrators {
         self.reported().data.insert(name.to_string(), data);
     }
 
+    /// Adds a concentrator or replaces its id, weight and PoP (a configured one is
+    /// overridden by what it publishes). Refused when another concentrator has that id: a
+    /// node's tunnel is named after it.
+    pub fn upsert_spec(&self, spec: WorkerSpec) -> Result<()> {
+        let mut reported = self.reported();
+        if let Some(other) = reported
+            .specs
+            .iter()
+            .find(|s| s.id == spec.id && s.name != spec.name)
+        {
+            anyhow::bail!(
+                "concentrator {} has id {}, which {} already uses",
+                spec.name,
+                spec.id,
+                other.name
+            );
+        }
+        match reported.specs.iter_mut().find(|s| s.name == spec.name) {
+            Some(existing) => *existing = spec,
+            None => reported.specs.push(spec),
+        }
+        Ok(())
+    }
+
+    /// Brokers answering for the network (the interpolation step), at least 1.
+    pub fn set_live_brokers(&self, brokers: usize) {
+        let brokers = i64::try_from(brokers).unwrap_or(i64::MAX).max(1);
+        self.live_brokers.store(brokers, Ordering::Relaxed);
+    }
+
+    fn brokers(&self) -> i64 {
+        self.live_brokers.load(Ordering::Relaxed)
+    }
+
+    /// Every known concentrator with its state (for status output and metrics).
+    pub fn states(&self) -> Vec<ConcentratorState> {
+        let reported = self.reported();
+        reported
+            .specs
+            .iter()
+            .map(|spec| {
+                let metric = reported.metrics.iter().find(|m| m.name == spec.name);
+                ConcentratorState {
+                    name: spec.name.clone(),
+                    id: spec.id,
+                    pop: spec.pop.clone(),
+                    online: metric.is_some_and(|m| m.online),
+                    connected_peers: metric.and_then(|m| m.connected_peers),
+                }
+            })
+            .collect()
+    }
+
     /// Chooses the node's concentrators (one per PoP), updating the peer estimates.
     /// Empty when none is online.
     pub fn assign(&self, previous: &[String]) -> Vec<Assigned> {
         let mut reported = self.reported();
-        let chosen = select::select(&self.specs, &reported.metrics, previous, self.policy);
-        select::interpolate(&mut reported.metrics, &chosen, previous, self.live_brokers);
+        let chosen = select::select(&reported.specs, &reported.metrics, previous, self.policy);
+        select::interpolate(&mut reported.metrics, &chosen, previous, self.brokers());
         let mut assigned = self.with_data(&reported, &chosen);
         if assigned.is_empty() {
             assigned.extend(self.random_fallback(&reported));
@@ -183,7 +255,7 @@ impl Concentrators {
             return self.assign(previous);
         }
         let mut reported = self.reported();
-        let chosen = select::select(&self.specs, &reported.metrics, previous, self.policy);
+        let chosen = select::select(&reported.specs, &reported.metrics, previous, self.policy);
         let mut picked: Vec<Choice> = Vec::with_capacity(prefs.len());
         for pref in prefs {
             if picked.iter().any(|c| c.pop == pref.pop) {
@@ -194,7 +266,7 @@ impl Concentrators {
                 .or_else(|| chosen.iter().find(|c| c.pop == pref.pop).cloned());
             picked.extend(choice);
         }
-        select::interpolate(&mut reported.metrics, &picked, previous, self.live_brokers);
+        select::interpolate(&mut reported.metrics, &picked, previous, self.brokers());
         let assigned = self.with_data(&reported, &picked);
         drop(reported);
         if assigned.is_empty() {
@@ -208,7 +280,7 @@ impl Concentrators {
         if pref.prefer.is_empty() {
             return None;
         }
-        let spec = self
+        let spec = reported
             .specs
             .iter()
             .find(|s| s.name == pref.prefer && s.pop == pref.pop)?;
@@ -244,10 +316,11 @@ impl Concentrators {
 
     /// A random configured, online worker that has published its data.
     fn random_fallback(&self, reported: &Reported) -> Option<Assigned> {
-        let pool: Vec<&WorkerSpec> = select::fallback_candidates(&self.specs, &reported.metrics)
-            .into_iter()
-            .filter(|w| reported.data.contains_key(&w.name))
-            .collect();
+        let pool: Vec<&WorkerSpec> =
+            select::fallback_candidates(&reported.specs, &reported.metrics)
+                .into_iter()
+                .filter(|w| reported.data.contains_key(&w.name))
+                .collect();
         if pool.is_empty() {
             return None;
         }
@@ -266,12 +339,12 @@ impl Concentrators {
     pub fn best_overall(&self) -> Option<Assigned> {
         let none: &[&str] = &[];
         let mut reported = self.reported();
-        let chosen = select::select(&self.specs, &reported.metrics, none, self.policy);
+        let chosen = select::select(&reported.specs, &reported.metrics, none, self.policy);
         let Some(best) = chosen.into_iter().min_by_key(|c| c.diff) else {
             return self.random_fallback(&reported);
         };
         let best = std::slice::from_ref(&best);
-        select::interpolate(&mut reported.metrics, best, none, self.live_brokers);
+        select::interpolate(&mut reported.metrics, best, none, self.brokers());
         self.with_data(&reported, best).pop()
     }
 }
@@ -417,6 +490,15 @@ pub fn open_ipam(config: &BrokerConfig) -> Result<Arc<dyn Ipam>> {
             };
             Ok(Arc::new(ipam::netbox::NetboxIpam::new(settings)?))
         }
+        IpamBackend::Etcd => {
+            let space = config
+                .ipam
+                .etcd
+                .clone()
+                .context("ipam.backend is etcd but no etcd is configured")?;
+            let ipam = ipam::etcd::EtcdIpam::new(space, config.ipam.parent, &created_by)?;
+            Ok(Arc::new(ipam))
+        }
     }
 }
 
@@ -433,15 +515,16 @@ pub async fn start_for_daemon(
     config: &crate::config::Config,
     reload_from: Option<&std::path::Path>,
 ) -> Result<Option<Arc<Concentrators>>> {
-    let Some(parker) = config.parker.as_ref().filter(|p| p.enabled) else {
+    let Some(mut parker) = config.parker.clone().filter(|p| p.enabled) else {
         return Ok(None);
     };
+    parker.inherit_cluster(config.cluster.as_ref());
     // Before the broker announces itself: a SIGHUP right after must not kill the daemon.
     let hup = reload_from
         .map(|_| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()))
         .transpose()?;
     let registry = config.registry.as_ref();
-    let Some(broker) = start_in_daemon(parker, registry, std::future::pending()).await? else {
+    let Some(broker) = start_in_daemon(&parker, registry, std::future::pending()).await? else {
         return Ok(None);
     };
     if let (Some(hup), Some(path)) = (hup, reload_from) {

@@ -37,6 +37,16 @@ pub trait WireguardBackend: Send + Sync {
     fn apply(&self, name: &str, update: DeviceUpdate) -> Result<()>;
     /// Stops whatever exitd started for the device (the kernel's goes with its namespace).
     fn remove(&self, name: &str) -> Result<()>;
+    /// Every peer's key, allowed IPs and last handshake (None: never).
+    fn handshakes(&self, name: &str) -> Result<Vec<PeerHandshake>>;
+}
+
+/// A peer's last handshake, for liveness (Parker concentrators count and expire peers by it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerHandshake {
+    pub public_key: Key,
+    pub allowed_ips: Vec<AllowedIp>,
+    pub last_handshake: Option<std::time::SystemTime>,
 }
 
 /// What the reconciler compares: the device's key, port and peers.
@@ -120,6 +130,20 @@ impl WireguardBackend for KernelBackend {
     fn remove(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+
+    fn handshakes(&self, name: &str) -> Result<Vec<PeerHandshake>> {
+        let device = Device::get(&iface(name)?, Backend::Kernel)
+            .with_context(|| format!("cannot read WireGuard device {name}"))?;
+        Ok(device
+            .peers
+            .into_iter()
+            .map(|p| PeerHandshake {
+                public_key: p.config.public_key,
+                allowed_ips: p.config.allowed_ips,
+                last_handshake: p.stats.last_handshake_time,
+            })
+            .collect())
+    }
 }
 
 /// boringtun-cli in the foreground, one process per device, its pid kept in
@@ -193,24 +217,40 @@ impl WireguardBackend for UserspaceBackend {
     /// Read over the UAPI socket directly: boringtun answers `get` with `own_public_key=`
     /// instead of the private key, which wireguard-control reports on stdout and drops.
     fn state(&self, name: &str) -> Result<Option<DeviceState>> {
-        use std::io::{BufRead, BufReader, Write};
         if !Self::running(name) {
             return Ok(None);
         }
-        let socket = Path::new(SOCKET_DIR).join(format!("{name}.sock"));
-        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-            .with_context(|| format!("cannot connect to {}", socket.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(b"get=1\n\n")?;
-        let mut lines = Vec::new();
-        for line in BufReader::new(stream).lines() {
-            let line = line.with_context(|| format!("reading {}", socket.display()))?;
-            if line.is_empty() {
-                break;
+        Ok(Some(parse_uapi(&uapi_get(name)?)))
+    }
+
+    fn handshakes(&self, name: &str) -> Result<Vec<PeerHandshake>> {
+        let lines = uapi_get(name)?;
+        let mut peers: Vec<PeerHandshake> = parse_uapi(&lines)
+            .peers
+            .into_iter()
+            .map(|p| PeerHandshake {
+                public_key: p.public_key,
+                allowed_ips: p.allowed_ips,
+                last_handshake: None,
+            })
+            .collect();
+        let mut index = None;
+        for (key, value) in lines.iter().filter_map(|l| l.split_once('=')) {
+            match key {
+                "public_key" => index = Some(index.map_or(0, |i| i + 1)),
+                "last_handshake_time_sec" => {
+                    let secs: u64 = value.parse().unwrap_or(0);
+                    if let Some(peer) = index.and_then(|i| peers.get_mut(i))
+                        && secs > 0
+                    {
+                        peer.last_handshake =
+                            Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+                    }
+                }
+                _ => {}
             }
-            lines.push(line);
         }
-        Ok(Some(parse_uapi(&lines)))
+        Ok(peers)
     }
 
     fn remove(&self, name: &str) -> Result<()> {
@@ -225,6 +265,25 @@ impl WireguardBackend for UserspaceBackend {
         let _ = std::fs::remove_file(Path::new(SOCKET_DIR).join(format!("{name}.sock")));
         std::fs::remove_file(&pid_file).with_context(|| format!("{}", pid_file.display()))
     }
+}
+
+/// The lines of a UAPI `get` answer from a userspace device.
+fn uapi_get(name: &str) -> Result<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let socket = Path::new(SOCKET_DIR).join(format!("{name}.sock"));
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"get=1\n\n")?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.with_context(|| format!("reading {}", socket.display()))?;
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 /// The answer to a UAPI `get` (wireguard.com/xplatform), as far as the reconciler needs it.

@@ -3,9 +3,10 @@
 //! concentrator selection is stored with it so that stickiness survives restarts.
 //!
 //! Backends: [`local::LocalIpam`] (embedded, durable, the default) and
-//! [`netbox::NetboxIpam`] (NetBox REST, like the reference broker). The cluster adds an etcd
-//! backend behind the same trait.
+//! [`netbox::NetboxIpam`] (NetBox REST, like the reference broker) and [`etcd::EtcdIpam`]
+//! (shared by several brokers through etcd transactions).
 
+pub mod etcd;
 pub mod local;
 pub mod netbox;
 
