@@ -26,9 +26,13 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     // SIGHUP (systemd's ExecReload) must never end the daemon; the roles that can reload
     // (the broker's settings) listen for it themselves.
     let mut hup = signal(SignalKind::hangup())?;
+    // In a cluster the gateway is applied and forwarded only while this node owns it.
+    let standalone = config.cluster.is_none();
     let network = config.clone();
-    tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
-    let _follower = start_forwarder(&config)?;
+    if standalone {
+        tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
+    }
+    let _follower = if standalone { start_forwarder(&config)? } else { None };
     let pins = PinDir::new(&config.dataplane.pin_dir);
     for ifname in &config.dataplane.interfaces {
         match dataplane::attach_xdp(&pins, ifname, XdpProgram::Count, config.dataplane.xdp_mode)? {

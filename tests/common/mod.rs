@@ -18,19 +18,7 @@ pub fn assert_success(out: &Output, what: &[&str]) {
 /// `state*` directories), deletes the run's namespaces (named with `prefix`) and its files.
 pub fn clean_run(dir: &Path, prefix: &str) {
     for state in ["state", "remote-state"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(state)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            if path.extension().is_some_and(|e| e == "pid")
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                // SAFETY: a pid exitd recorded for a process it started in this test run.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
+        exitd_testkit::cluster_lab::stop_recorded_processes(&dir.join(state));
     }
     for name in exitd::netlink::netns::list() {
         if name.starts_with(prefix) {

@@ -5,10 +5,13 @@
 //! Keys: `/exitd/<cluster>/members/<node>` (JSON [`ring::MemberInfo`], on the node's lease) and
 //! `/exitd/<cluster>/gateways/<n>/owner` (the owner's name, on the owner's lease).
 
+pub mod announce;
 pub mod cli;
 pub mod member;
 pub mod ownership;
 pub mod ring;
+pub mod state;
+pub mod takeover;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -20,6 +23,8 @@ use std::{
 pub use member::Membership;
 pub use ownership::Cluster;
 pub use ring::{MemberInfo, Members, ReplicaMode};
+pub use state::GatewayState;
+pub use takeover::Node;
 
 /// The `[cluster]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -138,21 +143,23 @@ impl ClusterConfig {
 }
 
 /// Starts the cluster role for `exitd run`; None without a `[cluster]` section (a standalone
-/// node, as before).
-pub async fn start_for_daemon(config: &crate::config::Config) -> Result<Option<Cluster>> {
+/// node, as before). With a `[network]`, the node's gateway is prepared before it joins and
+/// forwards only while the node owns it (see [`takeover`]).
+pub async fn start_for_daemon(config: &crate::config::Config) -> Result<Option<Node>> {
     let Some(cluster) = &config.cluster else {
         return Ok(None);
     };
-    let node = Cluster::start(cluster.clone()).await?;
+    let node = Node::start(config, cluster.clone()).await?;
     tracing::info!(node = %cluster.node, cluster = %cluster.name, "cluster member started");
     Ok(Some(node))
 }
 
-/// Graceful stop for `exitd run`: give every gateway up at once instead of letting the lease
-/// run out. A failure only delays the hand-over until the lease expires, so it is logged.
-pub async fn stop_for_daemon(cluster: Option<Cluster>) {
-    if let Some(cluster) = cluster
-        && let Err(err) = cluster.shutdown().await
+/// Graceful stop for `exitd run` (drain): give every gateway up at once instead of letting
+/// the lease run out. A failure only delays the hand-over until the lease expires, so it is
+/// logged.
+pub async fn stop_for_daemon(node: Option<Node>) {
+    if let Some(node) = node
+        && let Err(err) = node.drain().await
     {
         tracing::warn!(error = %format!("{err:#}"), "leaving the cluster failed; the lease will run out");
     }

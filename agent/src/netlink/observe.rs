@@ -115,6 +115,17 @@ pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
         .context("cannot set link up")
 }
 
+/// Sets link `index` down (a gateway handed to another node stops forwarding).
+pub async fn set_down(handle: &Handle, index: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).down().build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .context("cannot set link down")
+}
+
 pub async fn delete_link(handle: &Handle, index: u32) -> Result<()> {
     handle
         .link()

@@ -4,6 +4,7 @@
 //!
 //! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF), as CI has.
 
+pub mod cluster_lab;
 pub mod etcd;
 pub mod netns;
 pub mod packet;
