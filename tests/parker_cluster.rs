@@ -109,3 +109,215 @@ fn two_brokers_share_the_etcd_ipam_without_duplicates() {
         );
     }
 }
+
+/// A running `exitd run`, its log lines collected; killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(EXITD)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn exitd run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        Daemon { child, log }
+    }
+
+    /// Index of the first log line containing all of `needles`.
+    fn logged(&self, needles: &[&str]) -> Option<usize> {
+        let log = self.log.lock().expect("log");
+        log.iter()
+            .position(|line| needles.iter().all(|n| line.contains(n)))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stops the boringtun-cli the concentrator started (it outlives a killed exitd by design:
+/// the nodes' tunnels survive an agent restart).
+struct StopBoringtun(PathBuf);
+
+impl Drop for StopBoringtun {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0)
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            // SAFETY: a pid the concentrator recorded for the process it started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str) -> PathBuf {
+    let path = dir.join("concentrator.toml");
+    let text = format!(
+        "[admin]\nenabled = false\n\
+         [concentrator]\nname = \"c7\"\nid = 7\npop = \"vie01\"\n\
+         endpoint = \"[2001:db8:ffff::7]:40007\"\ninterface = \"{wg}\"\nnamespace = \"{ns}\"\n\
+         wireguard = \"userspace\"\nprivate_key_file = {:?}\nstate_dir = {:?}\n\
+         stale_timeout = 2\ninitial_handshake_grace = 3\ncheck_interval = 1\n\
+         [concentrator.etcd]\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\nlease_ttl = 2\n",
+        dir.join("concentrator.key"),
+        dir.join("state"),
+        etcd.endpoint(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The concentrator's public key, from the private key file it created.
+fn public_key_of(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).expect("key file");
+    wireguard_control::Key::from_base64(text.trim())
+        .expect("base64 key")
+        .get_public()
+        .to_base64()
+}
+
+/// The node's peer on the concentrator's interface: its allowed IPs, if present.
+fn peer_allowed_ips(state_dir: &Path, wg: &str, node: &str) -> Option<Vec<String>> {
+    use exitd::wireguard::WireguardBackend;
+    let backend = exitd::wireguard::UserspaceBackend {
+        state_dir: state_dir.to_path_buf(),
+    };
+    let peers = backend.handshakes(wg).expect("UAPI get");
+    peers
+        .into_iter()
+        .find(|p| p.public_key.to_base64() == node)
+        .map(|p| {
+            p.allowed_ips
+                .iter()
+                .map(|a| format!("{}/{}", a.address, a.cidr))
+                .collect()
+        })
+}
+
+fn has_route(ns: &exitd_testkit::NetNs, prefix: &str, wg: &str) -> bool {
+    let out = ns
+        .exec("ip", &["-6", "route", "show", prefix])
+        .expect("ip route");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("dev {wg}"))
+}
+
+/// Broker, concentrator and node through a real etcd: the node's `/config` lists the
+/// concentrator with the data it published; the concentrator adds the node as a peer with its
+/// /63 and routes the /63 to its interface; the node never shakes hands, so after the grace
+/// time the route goes, then the peer; a killed concentrator's lease runs out and the broker
+/// stops offering it.
+#[test]
+fn concentrator_follows_the_broker_through_etcd() {
+    exitd_testkit::require_root();
+    let etcd = Etcd::start().expect("etcd");
+    let dir = TempDir::new("pconc");
+    keygen(dir.path());
+    let ns = exitd_testkit::NetNs::new("pc").expect("netns");
+    let wg = exitd_testkit::unique_name("wgc");
+    let state = dir.path().join("state");
+    let _boringtun = StopBoringtun(state.join(format!("{wg}.pid")));
+    let mut concentrator = Daemon::start(&concentrator_config(dir.path(), &etcd, ns.name(), &wg));
+    let discovery = "[parker.etcd]\nlease_ttl = 2\n";
+    let broker_config = etcd_broker_config(dir.path(), "b", &etcd, "");
+    // The broker follows the concentrators in the same key space.
+    let text = std::fs::read_to_string(&broker_config).expect("config");
+    let text = text.replace(
+        "[parker.ipam]",
+        &format!(
+            "{discovery}endpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\n[parker.ipam]",
+            etcd.endpoint()
+        ),
+    );
+    // No seed: every concentrator comes from etcd.
+    let text = text.split("[[parker.concentrators]]").next().expect("head");
+    std::fs::write(&broker_config, text).expect("write");
+    let broker = start_broker(&broker_config);
+    let http = client();
+    let node = node_key(42);
+
+    let body = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        let (status, body) = get_config(&http, &broker.url, &node, NONCE, 1400);
+        (status == 200).then_some(body)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the broker never offered the concentrator: {:?}",
+            concentrator.log
+        )
+    });
+    verify_with_signify(&dir, &body).expect("signify verifies");
+    let json = config_json(&body);
+    let offered = &json["concentrators"][0];
+    assert_eq!(offered["id"], 7);
+    assert_eq!(offered["endpoint"], "[2001:db8:ffff::7]:40007");
+    assert_eq!(offered["address6"], "fe80::1");
+    let concentrator_key = public_key_of(&dir.path().join("concentrator.key"));
+    assert_eq!(offered["pubkey"], concentrator_key.as_str());
+    let range6: Ipv6Net = json["range6"]
+        .as_str()
+        .expect("range6")
+        .parse()
+        .expect("net");
+    let node63 = Ipv6Net::new(range6.network(), 63).expect("/63").to_string();
+
+    let added = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
+        let ips = peer_allowed_ips(&state, &wg, &node)?;
+        has_route(&ns, &node63, &wg).then_some(ips)
+    });
+    assert_eq!(
+        added,
+        Some(vec![node63.clone()]),
+        "peer with the node's /63, routed"
+    );
+
+    // Never a route into a peer that is gone: the route goes first.
+    let removed = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
+        let peer = peer_allowed_ips(&state, &wg, &node).is_some();
+        let route = has_route(&ns, &node63, &wg);
+        assert!(peer || !route, "route to {node63} without its peer");
+        (!peer && !route).then_some(())
+    });
+    assert!(removed.is_some(), "the stale peer was not removed");
+    let route_gone = concentrator.logged(&["removed the route to the node", &node]);
+    let peer_gone = concentrator.logged(&["removed the node's peer", &node]);
+    assert!(
+        matches!((route_gone, peer_gone), (Some(r), Some(p)) if r < p),
+        "route first, then peer: {route_gone:?} {peer_gone:?}"
+    );
+
+    concentrator.kill();
+    let gone = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
+        let (status, body) = get_config(&http, &broker.url, &node, NONCE, 1400);
+        (status == 400 && body.contains("no gateway online")).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the broker still offers a dead concentrator"
+    );
+}

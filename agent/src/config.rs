@@ -26,6 +26,9 @@ pub struct Config {
     /// Gateway failover through etcd (`[cluster]`); absent: a standalone node.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Parker concentrator role (`[concentrator]`); absent: none.
+    #[serde(default)]
+    pub concentrator: Option<crate::parker::concentrator::ConcentratorSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -47,6 +47,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     let mut admin = crate::api::AdminRoutes::default();
     admin.status("daemon", daemon_status(&config, reload_from));
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
+    let _concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
     let cluster = crate::cluster::start_for_daemon(&config).await?;
     // Last: the roles above have registered their admin endpoints and status sections.
     crate::api::start(&config.admin, config.dataplane.pin_dir.clone(), admin).await?;

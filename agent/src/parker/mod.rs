@@ -38,6 +38,7 @@
 //! re-reads the file and swaps the per-node settings whole, or keeps them and logs why.
 
 pub mod cli;
+pub mod concentrator;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
