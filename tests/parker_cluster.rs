@@ -230,12 +230,12 @@ fn has_route(ns: &exitd_testkit::NetNs, prefix: &str, wg: &str) -> bool {
 /// Broker, concentrator and node through a real etcd: the node's `/config` lists the
 /// concentrator with the data it published; the concentrator adds the node as a peer with its
 /// /63 and routes the /63 to its interface; the node never shakes hands, so after the grace
-/// time the route goes, then the peer; a killed concentrator's lease runs out and the broker
-/// stops offering it.
+/// time the route goes, then the peer; after an etcd restart the watches resume and the next
+/// node is added; a killed concentrator's lease runs out and the broker stops offering it.
 #[test]
 fn concentrator_follows_the_broker_through_etcd() {
     exitd_testkit::require_root();
-    let etcd = Etcd::start().expect("etcd");
+    let mut etcd = Etcd::start().expect("etcd");
     let dir = TempDir::new("pconc");
     keygen(dir.path());
     let ns = exitd_testkit::NetNs::new("pc").expect("netns");
@@ -309,6 +309,25 @@ fn concentrator_follows_the_broker_through_etcd() {
     assert!(
         matches!((route_gone, peer_gone), (Some(r), Some(p)) if r < p),
         "route first, then peer: {route_gone:?} {peer_gone:?}"
+    );
+
+    // etcd crashes and comes back: the concentrator's watch resumes and sees the next node.
+    etcd.restart().expect("etcd restarts");
+    let second = node_key(43);
+    let answered = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        let (status, _) = get_config(&http, &broker.url, &second, NONCE, 1400);
+        (status == 200).then_some(())
+    });
+    assert!(
+        answered.is_some(),
+        "the broker did not recover from the etcd restart"
+    );
+    let added = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        peer_allowed_ips(&state, &wg, &second)
+    });
+    assert!(
+        added.is_some(),
+        "the concentrator's watch did not resume after etcd restarted"
     );
 
     concentrator.kill();
