@@ -45,7 +45,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         }
     }
     let mut admin = crate::api::AdminRoutes::default();
-    admin.status("daemon", daemon_status(&config, reload_from));
+    crate::api::status::add_role_sections(&mut admin, &config, reload_from);
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
     let _concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
     let cluster = crate::cluster::start_for_daemon(&config).await?;
@@ -79,39 +79,6 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         tracing::info!("leaving the data plane attached; forwarding continues");
     }
     Ok(())
-}
-
-/// The `daemon` section of `GET /status`: where the configuration came from, which roles
-/// run, since when.
-fn daemon_status(
-    config: &Config,
-    path: Option<&std::path::Path>,
-) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
-    let forwarding = config.network.is_some() && config.dataplane.forward;
-    let roles: Vec<&str> = [
-        ("dataplane", true),
-        ("reconciler", config.network.is_some()),
-        ("forwarder", forwarding),
-        ("broker", config.parker.as_ref().is_some_and(|p| p.enabled)),
-        ("cluster", config.cluster.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(role, on)| on.then_some(role))
-    .collect();
-    let fixed = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "config": path,
-        "roles": roles,
-        "xdp_mode": format!("{:?}", config.dataplane.xdp_mode).to_lowercase(),
-        "interfaces": config.dataplane.interfaces,
-    });
-    let started = std::time::Instant::now();
-    move || {
-        let mut status = fixed.clone();
-        status["uptime_seconds"] = started.elapsed().as_secs().into();
-        status
-    }
 }
 
 /// Attaches the XDP forwarder to the gateway of the configured network and starts following

@@ -41,6 +41,8 @@ enum Command {
     /// Gateway failover cluster (etcd): members and gateway owners.
     #[command(subcommand)]
     Cluster(exitd::cluster::cli::ClusterCommand),
+    /// Summarise the running node (roles, data plane, broker, cluster) from its admin API.
+    Status(exitd::api::cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +80,6 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Apply(args) => exitd::netlink::run_apply(args),
         Command::Config(cmd) => exitd::registry::cli::run(cmd),
         Command::Cluster(cmd) => exitd::cluster::cli::run(cmd),
+        Command::Status(args) => exitd::api::cli::run(args),
     }
 }

@@ -46,6 +46,16 @@ pub static CLUSTER_MEMBERS: GaugeVec = GaugeVec::new(
     "Cluster members this node sees in etcd.",
     &[],
 );
+pub static CLUSTER_MEMBER: GaugeVec = GaugeVec::new(
+    "exitd_cluster_member",
+    "1 for each cluster member this node sees in etcd.",
+    &["node"],
+);
+pub static CLUSTER_GATEWAY_OWNED: GaugeVec = GaugeVec::new(
+    "exitd_cluster_gateway_owned",
+    "1 for each gateway this node owns right now.",
+    &["gateway"],
+);
 pub static CLUSTER_LEASE_VALID: GaugeVec = GaugeVec::new(
     "exitd_cluster_lease_valid",
     "1 while this node's own clock vouches for its etcd lease, else 0.",
@@ -63,7 +73,7 @@ pub static ETCD_LAST_SUCCESS: GaugeVec = GaugeVec::new(
 );
 
 /// Every family, in the order they are rendered.
-fn families() -> [&'static dyn Family; 11] {
+fn families() -> [&'static dyn Family; 13] {
     [
         &BROKER_REQUESTS,
         &BROKER_LATENCY,
@@ -72,6 +82,8 @@ fn families() -> [&'static dyn Family; 11] {
         &IPAM_ALLOCATED,
         &CLUSTER_OWNED_GATEWAYS,
         &CLUSTER_MEMBERS,
+        &CLUSTER_MEMBER,
+        &CLUSTER_GATEWAY_OWNED,
         &CLUSTER_LEASE_VALID,
         &ETCD_REQUESTS,
         &ETCD_LAST_SUCCESS,
@@ -94,9 +106,14 @@ pub fn on_scrape(refresh: impl Fn() -> bool + Send + 'static) {
     lock(&HOOKS).push(Box::new(refresh));
 }
 
+/// Runs the scrape hooks: the gauges are current afterwards.
+pub fn refresh() {
+    lock(&HOOKS).retain(|refresh| refresh());
+}
+
 /// Every exitd metric in the text exposition format.
 pub fn render() -> String {
-    lock(&HOOKS).retain(|refresh| refresh());
+    refresh();
     BUILD_INFO.set(&[env!("CARGO_PKG_VERSION")], 1.0);
     let mut out = String::new();
     for family in families() {
@@ -111,6 +128,20 @@ pub fn etcd_round_trip(operation: &str, ok: bool) {
     if ok {
         ETCD_LAST_SUCCESS.set(&[], crate::parker::unix_now() as f64);
     }
+}
+
+/// Records what the membership sees: whether the lease is valid, and the members.
+pub fn cluster_membership<'a>(lease_valid: bool, members: impl Iterator<Item = &'a String>) {
+    CLUSTER_LEASE_VALID.set(&[], f64::from(u8::from(lease_valid)));
+    let members: Vec<Vec<String>> = members.map(|m| vec![m.clone()]).collect();
+    CLUSTER_MEMBERS.set(&[], members.len() as f64);
+    CLUSTER_MEMBER.replace(members.into_iter().map(|m| (m, 1.0)));
+}
+
+/// Records the gateways this node owns now.
+pub fn cluster_owned(owned: &std::collections::BTreeSet<u8>) {
+    CLUSTER_OWNED_GATEWAYS.set(&[], owned.len() as f64);
+    CLUSTER_GATEWAY_OWNED.replace(owned.iter().map(|g| (vec![g.to_string()], 1.0)));
 }
 
 /// `GET /metrics`: the data plane's counters read from the pinned maps, then these.
@@ -210,7 +241,17 @@ impl CounterVec {
 
     /// The sum over all label sets.
     pub fn total(&self) -> u64 {
-        lock(&self.values).values().sum()
+        self.sum_where(|_| true)
+    }
+
+    /// The sum over the label sets (values in declaration order) that `filter` accepts.
+    pub fn sum_where(&self, filter: impl Fn(&[String]) -> bool) -> u64 {
+        let values = lock(&self.values);
+        values
+            .iter()
+            .filter(|(l, _)| filter(l))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 
@@ -256,6 +297,19 @@ impl GaugeVec {
 
     pub fn get(&self, labels: &[&str]) -> Option<f64> {
         lock(&self.values).get(&key(self.labels, labels)).copied()
+    }
+
+    /// Replaces every label set (for gauges that describe a set, such as members).
+    pub fn replace(&self, sets: impl Iterator<Item = (Vec<String>, f64)>) {
+        *lock(&self.values) = sets.collect();
+    }
+
+    /// The label values of every set, with its value.
+    pub fn all(&self) -> Vec<(Vec<String>, f64)> {
+        lock(&self.values)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! A missing or wrong token is 401 with `WWW-Authenticate: Bearer`.
 
+pub mod cli;
 pub mod metrics;
 pub mod status;
 

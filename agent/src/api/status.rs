@@ -2,7 +2,11 @@
 //! [`super::AdminRoutes::status`]); the data plane's section is read from the pinned maps,
 //! which `exitd status` can also read without a running daemon.
 
-use crate::dataplane::{self, fwd6::Fwd6Maps, metrics::pin_dirs};
+use super::{AdminRoutes, metrics};
+use crate::{
+    config::Config,
+    dataplane::{self, fwd6::Fwd6Maps, metrics::pin_dirs},
+};
 use exitd_common::{ROUTES6_MAP, Verdict};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -25,6 +29,97 @@ impl Sections {
             .iter()
             .map(|(name, section)| (name.clone(), section()))
             .collect()
+    }
+}
+
+/// The sections `exitd run` shows for its roles: `daemon` always, `broker` and `cluster` when
+/// they run (from the same counters `/metrics` exports). `dataplane` is added by [`serve`].
+pub fn add_role_sections(admin: &mut AdminRoutes, config: &Config, path: Option<&Path>) {
+    admin.status("daemon", daemon_section(config, path));
+    if let Some(parker) = config.parker.as_ref().filter(|p| p.enabled) {
+        admin.status("broker", broker_section(parker.listen));
+    }
+    if let Some(cluster) = &config.cluster {
+        admin.status("cluster", cluster_section(&cluster.name, &cluster.node));
+    }
+}
+
+/// Where the configuration came from, which roles run, since when.
+fn daemon_section(
+    config: &Config,
+    path: Option<&Path>,
+) -> impl Fn() -> Value + Send + Sync + use<> {
+    let forwarding = config.network.is_some() && config.dataplane.forward;
+    let roles: Vec<&str> = [
+        ("dataplane", true),
+        ("reconciler", config.network.is_some()),
+        ("forwarder", forwarding),
+        ("broker", config.parker.as_ref().is_some_and(|p| p.enabled)),
+        ("cluster", config.cluster.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(role, on)| on.then_some(role))
+    .collect();
+    let fixed = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "config": path,
+        "roles": roles,
+        "xdp_mode": format!("{:?}", config.dataplane.xdp_mode).to_lowercase(),
+        "interfaces": config.dataplane.interfaces,
+    });
+    let started = std::time::Instant::now();
+    move || {
+        let mut status = fixed.clone();
+        status["uptime_seconds"] = started.elapsed().as_secs().into();
+        status
+    }
+}
+
+fn broker_section(listen: std::net::SocketAddr) -> impl Fn() -> Value + Send + Sync + use<> {
+    move || {
+        metrics::refresh();
+        let config_answers = metrics::BROKER_REQUESTS.sum_where(|labels| {
+            labels[0] != "/api/v1/wg/key/exchange"
+                && labels[0] != "/api/v2/wg/key/exchange"
+                && labels[1] == "200"
+        });
+        json!({
+            "listen": listen,
+            "requests": metrics::BROKER_REQUESTS.total(),
+            "signed_config_answers": config_answers,
+            "errors": metrics::BROKER_ERRORS.total(),
+            "signing_failures": metrics::BROKER_SIGNING_FAILURES.total(),
+            "nodes_served": metrics::IPAM_ALLOCATED.get(&[]),
+        })
+    }
+}
+
+fn cluster_section(cluster: &str, node: &str) -> impl Fn() -> Value + Send + Sync + use<> {
+    let (cluster, node) = (cluster.to_string(), node.to_string());
+    move || {
+        metrics::refresh();
+        let labelled = |gauge: &metrics::GaugeVec| -> Vec<String> {
+            gauge
+                .all()
+                .into_iter()
+                .map(|(mut l, _)| l.remove(0))
+                .collect()
+        };
+        let last_ok = metrics::ETCD_LAST_SUCCESS.get(&[]);
+        json!({
+            "cluster": cluster,
+            "node": node,
+            "lease_valid": metrics::CLUSTER_LEASE_VALID.get(&[]) == Some(1.0),
+            "members": labelled(&metrics::CLUSTER_MEMBER),
+            "owned_gateways": labelled(&metrics::CLUSTER_GATEWAY_OWNED),
+            "etcd": {
+                "last_success_unix": last_ok,
+                "seconds_since_success": last_ok.map(|t| crate::parker::unix_now() as f64 - t),
+                "round_trips_ok": metrics::ETCD_REQUESTS.sum_where(|l| l[1] == "ok"),
+                "errors": metrics::ETCD_REQUESTS.sum_where(|l| l[1] == "error"),
+            },
+        })
     }
 }
 

@@ -37,6 +37,7 @@ impl Membership {
     pub fn start(client: Client, config: &ClusterConfig) -> Membership {
         let (lease_tx, lease) = watch::channel(None);
         let (members_tx, members) = watch::channel(Members::new());
+        crate::api::metrics::on_scrape(export_gauges(lease.clone(), members.clone()));
         let tasks = vec![
             tokio::spawn(keep_registered(client.clone(), config.clone(), lease_tx)),
             tokio::spawn(watch_members(client, config.clone(), members_tx)),
@@ -71,6 +72,21 @@ impl Membership {
     }
 }
 
+/// Exports lease validity and the member set at every scrape, until the loops are gone.
+fn export_gauges(
+    lease: watch::Receiver<Option<Lease>>,
+    members: watch::Receiver<Members>,
+) -> impl Fn() -> bool + Send + 'static {
+    move || {
+        if lease.has_changed().is_err() {
+            return false; // the lease keeper stopped: this membership is over
+        }
+        let valid = (*lease.borrow()).is_some_and(|l| l.is_valid());
+        crate::api::metrics::cluster_membership(valid, members.borrow().keys());
+        true
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.abort();
@@ -101,7 +117,9 @@ fn fence(sent: Instant, ttl: i64, config: &ClusterConfig) -> Instant {
 /// when etcd says the old one is gone.
 async fn keep_registered(client: Client, config: ClusterConfig, tx: watch::Sender<Option<Lease>>) {
     loop {
-        let lease = match register(client.clone(), &config).await {
+        let registered = register(client.clone(), &config).await;
+        crate::api::metrics::etcd_round_trip("register", registered.is_ok());
+        let lease = match registered {
             Ok(lease) => lease,
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "cluster registration failed; retrying");
@@ -149,6 +167,7 @@ async fn keep_alive(
         match keep_alive_stream(client.clone(), config, &mut lease, tx).await {
             Ok(()) => return,
             Err(err) => {
+                crate::api::metrics::etcd_round_trip("keep_alive", false);
                 tracing::warn!(lease = lease.id, error = %format!("{err:#}"), "lease keep-alive failed; retrying");
                 tokio::time::sleep(tick(config)).await;
             }
@@ -180,6 +199,7 @@ async fn keep_alive_stream(
             .await
             .context("keep-alive reply timed out")??
             .ok_or_else(|| anyhow!("keep-alive stream closed"))?;
+        crate::api::metrics::etcd_round_trip("keep_alive", true);
         if reply.ttl() <= 0 {
             return Ok(());
         }
@@ -202,6 +222,7 @@ async fn watch_members(client: Client, config: ClusterConfig, tx: watch::Sender<
         match result {
             Ok(next) => last_revision = next,
             Err((err, seen)) => {
+                crate::api::metrics::etcd_round_trip("member_watch", false);
                 last_revision = seen.or(last_revision);
                 tracing::warn!(error = %format!("{err:#}"), "member watch failed; resuming");
                 tokio::time::sleep(tick(&config)).await;

@@ -132,13 +132,10 @@ impl Broker {
         if !self.serve_parker {
             return Err(ApiError::bad_request("Parker is disabled on this broker"));
         }
-        let signer = self
-            .signer
-            .as_ref()
-            .ok_or_else(|| {
-                metrics::BROKER_SIGNING_FAILURES.inc(&[]);
-                ApiError::internal("the broker has no signing key")
-            })?;
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            metrics::BROKER_SIGNING_FAILURES.inc(&[]);
+            ApiError::internal("the broker has no signing key")
+        })?;
         let node = self.ipam.node(&query.pubkey).await.map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "IPAM lookup failed");
             ApiError::internal("IPAM error")
