@@ -93,6 +93,16 @@ impl Lab {
     /// Builds the topology for `count` nodes registered in the etcd at `endpoint` under
     /// cluster `cluster` with lease TTL `ttl` seconds. Starts nothing yet.
     pub fn new(exitd: &Path, endpoint: &str, cluster: &str, count: usize, ttl: u64) -> Result<Lab> {
+        Lab::with_endpoints(exitd, &vec![endpoint.to_string(); count], cluster, ttl)
+    }
+
+    /// As [`Lab::new`], node `i` reaching etcd at `endpoints[i]` (e.g. through a proxy).
+    pub fn with_endpoints(
+        exitd: &Path,
+        endpoints: &[String],
+        cluster: &str,
+        ttl: u64,
+    ) -> Result<Lab> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let upstream = NetNs::new("lup")?;
         upstream.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -110,7 +120,7 @@ impl Lab {
             dir,
             upstream_pins: Vec::new(),
         };
-        for i in 0..count {
+        for (i, endpoint) in endpoints.iter().enumerate() {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 30;
             let alloc_nr = 60_000 + (pid % 300) * 30 + n;
             lab.add_node(i, alloc_nr, endpoint, cluster, ttl)?;

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod packet;
 pub mod pins;
 pub mod process;
+pub mod proxy;
 pub mod tempfile;
 pub mod testrun;
 
