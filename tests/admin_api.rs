@@ -150,9 +150,12 @@ fn metrics_and_status_of_a_running_node() {
     let joined = poll_until(Duration::from_secs(20), || {
         let m = scrape(&http, &daemon.admin);
         let member = series(&m, "exitd_cluster_member{node=\"n1\"}");
-        (series(&m, "exitd_cluster_lease_valid") == Some(1.0) && member == Some(1.0)).then_some(m)
+        let owns = series(&m, "exitd_cluster_gateway_owned{gateway=\"5\"}");
+        let valid = series(&m, "exitd_cluster_lease_valid");
+        (valid == Some(1.0) && member == Some(1.0) && owns == Some(1.0)).then_some(m)
     })
-    .expect("the lease becomes valid and the node sees itself as a member");
+    .expect("the lease becomes valid, the node sees itself and owns its gateway");
+    assert_eq!(series(&joined, "exitd_cluster_owned_gateways"), Some(1.0));
     let ok = "exitd_etcd_requests_total{operation=\"register\",result=\"ok\"}";
     assert!(series(&joined, ok).is_some_and(|n| n >= 1.0), "{joined}");
     assert!(series(&joined, "exitd_etcd_last_success_timestamp_seconds").is_some());
@@ -174,6 +177,10 @@ fn metrics_and_status_of_a_running_node() {
     assert_eq!(status["broker"]["signed_config_answers"], 3);
     assert_eq!(status["broker"]["nodes_served"], 3.0);
     assert_eq!(status["cluster"]["members"], serde_json::json!(["n1"]));
+    assert_eq!(
+        status["cluster"]["owned_gateways"],
+        serde_json::json!(["5"])
+    );
     assert_eq!(status["cluster"]["lease_valid"], true);
     assert_eq!(
         status["dataplane"]["pin_dir"],
@@ -185,7 +192,7 @@ fn metrics_and_status_of_a_running_node() {
     assert!(text.contains("roles: dataplane, broker, cluster"), "{text}");
     assert!(text.contains("3 signed config answers"), "{text}");
     assert!(
-        text.contains("cluster admintest as n1: lease valid; members n1"),
+        text.contains("cluster admintest as n1: lease valid; members n1; owns gateways 5"),
         "{text}"
     );
 

@@ -182,10 +182,14 @@ async fn publish_owned(
     held: Arc<Mutex<Held>>,
     tx: watch::Sender<BTreeSet<u8>>,
 ) {
+    crate::api::metrics::cluster_owned(&BTreeSet::new());
     loop {
         let now = owned_now(&membership, &held);
         tx.send_if_modified(|current| {
             let changed = *current != now;
+            if changed {
+                crate::api::metrics::cluster_owned(&now);
+            }
             *current = now;
             changed
         });
