@@ -41,8 +41,14 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Run benchmarks (all, or the named ones) and write JSON to bench/results/.
-    Bench { names: Vec<String> },
+    /// Run benchmarks (all, or the named ones), write JSON to bench/results/ and the README's
+    /// benchmark table.
+    Bench {
+        names: Vec<String>,
+        /// Only rewrite the README's table from the JSON in bench/results/; run nothing.
+        #[arg(long)]
+        readme: bool,
+    },
     /// Build exitd (release) and install the binary, the systemd unit and the example
     /// configuration (an existing /etc/exitd/exitd.toml is kept).
     Install {
@@ -65,7 +71,8 @@ fn main() -> ExitCode {
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test::run(&workspace_root(), &args),
         Task::Demo { seconds } => demo::run(&workspace_root(), seconds),
-        Task::Bench { names } => bench::run(&workspace_root(), &names),
+        Task::Bench { readme: true, .. } => bench::update_readme(&workspace_root()),
+        Task::Bench { names, .. } => bench::run(&workspace_root(), &names),
         Task::Install {
             dest_dir,
             prefix,

@@ -3,6 +3,7 @@
 
 mod broker;
 mod dataplane;
+pub mod readme;
 
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -28,6 +29,16 @@ pub fn run(root: &Path, names: &[String]) -> Result<()> {
             let result = bench(root)?;
             write_result(root, name, &result)?;
         }
+    }
+    update_readme(root)
+}
+
+/// Rewrites the README's benchmark table from bench/results/ (`cargo xtask bench --readme`).
+pub fn update_readme(root: &Path) -> Result<()> {
+    if readme::update(root)? {
+        println!("README.md: benchmark table updated from bench/results/");
+    } else {
+        println!("README.md: benchmark table already up to date");
     }
     Ok(())
 }
