@@ -320,10 +320,21 @@ fn cluster_status_without_a_cluster_section_is_a_clear_error() {
 
 /// `exitd run` with a `[cluster]` section, logging to a piped stderr.
 fn spawn_daemon(endpoint: &str, node: &str) -> (std::process::Child, exitd_testkit::TempFile) {
+    let (child, file, _) = spawn_daemon_with(endpoint, node, "enabled = false");
+    (child, file)
+}
+
+/// As [`spawn_daemon`] with `admin` as the `[admin]` section; the log lines waited for
+/// ("exitd running", and "admin API listening" when it is enabled).
+fn spawn_daemon_with(
+    endpoint: &str,
+    node: &str,
+    admin: &str,
+) -> (std::process::Child, exitd_testkit::TempFile, Vec<String>) {
     let file = exitd_testkit::TempFile::with_text(
         "toml",
         &format!(
-            "[admin]\nenabled = false\n[cluster]\nendpoints = [\"{endpoint}\"]\n\
+            "[admin]\n{admin}\n[cluster]\nendpoints = [\"{endpoint}\"]\n\
              name = \"test\"\nnode = \"{node}\"\nlease_ttl = {}\n",
             TTL.as_secs()
         ),
@@ -334,8 +345,12 @@ fn spawn_daemon(endpoint: &str, node: &str) -> (std::process::Child, exitd_testk
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    exitd_testkit::process::wait_for_logs(&mut child, &["exitd running"], Duration::from_secs(20));
-    (child, file)
+    let mut wanted = vec!["exitd running"];
+    if !admin.contains("enabled = false") {
+        wanted.push("admin API listening");
+    }
+    let logs = exitd_testkit::process::wait_for_logs(&mut child, &wanted, Duration::from_secs(20));
+    (child, file, logs)
 }
 
 /// Polls etcd until its owner keys equal `want`.
@@ -367,4 +382,61 @@ async fn exitd_run_processes_share_gateways_fail_over_on_kill_and_leave_on_sigte
     assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGTERM) }, 0);
     assert!(n2.wait().unwrap().success());
     assert!(etcd_owners(&endpoint).await.is_empty());
+}
+
+/// The cluster's admin endpoints on two `exitd run` processes: the read endpoint shows
+/// owners and states; writes need the token; an administrator's "offline" empties a gateway
+/// and "online" brings it back; replica mode Disabled moves everything to the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_shows_the_cluster_and_sets_gateways_and_replica_mode() {
+    let etcd = Etcd::start().unwrap();
+    let endpoint = etcd.endpoint();
+    let admin = "listen = \"127.0.0.1:0\"\ntoken = \"s3cret\"";
+    let (mut n1, _c1, logs) = spawn_daemon_with(&endpoint, "n1", admin);
+    let (mut n2, _c2) = spawn_daemon(&endpoint, "n2");
+    let api = format!("http://{}", exitd_testkit::process::logged_addr(&logs[1]));
+    etcd_settles(&endpoint, &expected(&["n1", "n2"])).await;
+    let http = reqwest::Client::new();
+    let bearer = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
+
+    let shown: serde_json::Value = bearer(http.get(format!("{api}/cluster")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["node"], "n1");
+    assert_eq!(shown["replica_mode"], "Auto");
+    let owned = shown["owned"].as_array().unwrap().len();
+    assert_eq!(
+        owned,
+        expected(&["n1", "n2"])
+            .values()
+            .filter(|o| *o == "n1")
+            .count()
+    );
+    assert_eq!(shown["gateways"].as_array().unwrap().len(), 15);
+
+    let offline = format!("{api}/admin/cluster/gateways/3/offline");
+    let refused = http.post(&offline).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "writes need the token");
+    let done = bearer(http.post(&offline)).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    let mut without_3 = expected(&["n1", "n2"]);
+    without_3.remove(&3);
+    etcd_settles(&endpoint, &without_3).await;
+    let back = bearer(http.post(format!("{api}/admin/cluster/gateways/3/online")));
+    assert_eq!(back.send().await.unwrap().status(), 200);
+    etcd_settles(&endpoint, &expected(&["n1", "n2"])).await;
+
+    let bad = bearer(http.post(format!("{api}/admin/cluster/replica-mode/Sometimes")));
+    assert_eq!(bad.send().await.unwrap().status(), 400);
+    let disabled = bearer(http.post(format!("{api}/admin/cluster/replica-mode/Disabled")));
+    assert_eq!(disabled.send().await.unwrap().status(), 200);
+    etcd_settles(&endpoint, &expected(&["n2"])).await;
+    for child in [&mut n1, &mut n2] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -32,7 +32,11 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     if standalone {
         tokio::task::spawn_blocking(move || crate::netlink::reconcile_config(&network)).await??;
     }
-    let _follower = if standalone { start_forwarder(&config)? } else { None };
+    let _follower = if standalone {
+        start_forwarder(&config)?
+    } else {
+        None
+    };
     let pins = PinDir::new(&config.dataplane.pin_dir);
     for ifname in &config.dataplane.interfaces {
         match dataplane::attach_xdp(&pins, ifname, XdpProgram::Count, config.dataplane.xdp_mode)? {
@@ -48,7 +52,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     crate::api::status::add_role_sections(&mut admin, &config, reload_from);
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
     let _concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
-    let cluster = crate::cluster::start_for_daemon(&config).await?;
+    let cluster = crate::cluster::start_for_daemon(&config, &mut admin).await?;
     // Last: the roles above have registered their admin endpoints and status sections.
     crate::api::start(&config.admin, config.dataplane.pin_dir.clone(), admin).await?;
     tracing::info!(

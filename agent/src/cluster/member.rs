@@ -3,10 +3,13 @@
 //! stream after an error: the keep-alive on the same lease (etcd keeps leases across its own
 //! restarts), the watch from the last revision it saw.
 
-use super::{ClusterConfig, MemberInfo, Members};
+use super::{ClusterConfig, MemberInfo, Members, ReplicaMode};
 use anyhow::{Context, Result, anyhow};
 use etcd_client::{Client, EventType, PutOptions, WatchOptions};
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 /// The lease this node holds, as far as its own clock can vouch for it.
@@ -29,6 +32,8 @@ impl Lease {
 pub struct Membership {
     lease: watch::Receiver<Option<Lease>>,
     members: watch::Receiver<Members>,
+    /// The replica mode this node announces (the configuration's, until an admin changes it).
+    mode: Arc<Mutex<ReplicaMode>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -38,15 +43,46 @@ impl Membership {
         let (lease_tx, lease) = watch::channel(None);
         let (members_tx, members) = watch::channel(Members::new());
         crate::api::metrics::on_scrape(export_gauges(lease.clone(), members.clone()));
+        let mode = Arc::new(Mutex::new(config.replica_mode));
         let tasks = vec![
-            tokio::spawn(keep_registered(client.clone(), config.clone(), lease_tx)),
+            tokio::spawn(keep_registered(
+                client.clone(),
+                config.clone(),
+                mode.clone(),
+                lease_tx,
+            )),
             tokio::spawn(watch_members(client, config.clone(), members_tx)),
         ];
         Membership {
             lease,
             members,
+            mode,
             tasks,
         }
+    }
+
+    /// Announces `mode` from now on (dynvpn's replica mode, set by an administrator): the
+    /// member key is rewritten on the current lease, and every re-registration uses it.
+    pub async fn set_mode(
+        &self,
+        mut client: Client,
+        config: &ClusterConfig,
+        mode: ReplicaMode,
+    ) -> Result<()> {
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
+        let lease = self
+            .valid_lease()
+            .context("not registered in the cluster")?;
+        let value = serde_json::to_vec(&member_info(config, &self.mode))?;
+        let put = client.put(
+            config.member_key(),
+            value,
+            Some(PutOptions::new().with_lease(lease.id)),
+        );
+        tokio::time::timeout(config.ttl(), put)
+            .await
+            .context("announcing the replica mode timed out")??;
+        Ok(())
     }
 
     /// The current lease if this node's clock still vouches for it.
@@ -115,9 +151,14 @@ fn fence(sent: Instant, ttl: i64, config: &ClusterConfig) -> Instant {
 
 /// Grants a lease, registers under it and keeps it alive, forever. A new lease is granted only
 /// when etcd says the old one is gone.
-async fn keep_registered(client: Client, config: ClusterConfig, tx: watch::Sender<Option<Lease>>) {
+async fn keep_registered(
+    client: Client,
+    config: ClusterConfig,
+    mode: Arc<Mutex<ReplicaMode>>,
+    tx: watch::Sender<Option<Lease>>,
+) {
     loop {
-        let registered = register(client.clone(), &config).await;
+        let registered = register(client.clone(), &config, &mode).await;
         crate::api::metrics::etcd_round_trip("register", registered.is_ok());
         let lease = match registered {
             Ok(lease) => lease,
@@ -135,13 +176,25 @@ async fn keep_registered(client: Client, config: ClusterConfig, tx: watch::Sende
     }
 }
 
-async fn register(mut client: Client, config: &ClusterConfig) -> Result<Lease> {
+/// What this node announces: its gateways and its current replica mode.
+fn member_info(config: &ClusterConfig, mode: &Mutex<ReplicaMode>) -> MemberInfo {
+    MemberInfo {
+        mode: *mode.lock().unwrap_or_else(PoisonError::into_inner),
+        ..config.member_info()
+    }
+}
+
+async fn register(
+    mut client: Client,
+    config: &ClusterConfig,
+    mode: &Mutex<ReplicaMode>,
+) -> Result<Lease> {
     let sent = Instant::now();
     let ttl = i64::try_from(config.lease_ttl)?;
     let grant = tokio::time::timeout(config.ttl(), client.lease_grant(ttl, None))
         .await
         .context("lease grant timed out")??;
-    let value = serde_json::to_vec(&config.member_info())?;
+    let value = serde_json::to_vec(&member_info(config, mode))?;
     let put = client.put(
         config.member_key(),
         value,

@@ -6,6 +6,7 @@
 //! `/exitd/<cluster>/gateways/<n>/owner` (the owner's name, on the owner's lease).
 
 pub mod announce;
+pub mod api;
 pub mod cli;
 pub mod member;
 pub mod ownership;
@@ -145,11 +146,15 @@ impl ClusterConfig {
 /// Starts the cluster role for `exitd run`; None without a `[cluster]` section (a standalone
 /// node, as before). With a `[network]`, the node's gateway is prepared before it joins and
 /// forwards only while the node owns it (see [`takeover`]).
-pub async fn start_for_daemon(config: &crate::config::Config) -> Result<Option<Node>> {
+pub async fn start_for_daemon(
+    config: &crate::config::Config,
+    admin: &mut crate::api::AdminRoutes,
+) -> Result<Option<Node>> {
     let Some(cluster) = &config.cluster else {
         return Ok(None);
     };
     let node = Node::start(config, cluster.clone()).await?;
+    api::mount(admin, node.cluster.api());
     tracing::info!(node = %cluster.node, cluster = %cluster.name, "cluster member started");
     Ok(Some(node))
 }

@@ -97,6 +97,16 @@ impl Cluster {
         }
     }
 
+    /// What the admin API's cluster endpoints need.
+    pub fn api(&self) -> super::api::ClusterApi {
+        super::api::ClusterApi {
+            config: self.config.clone(),
+            client: self.client.clone(),
+            membership: self.membership.clone(),
+            owned: self.owned.clone(),
+        }
+    }
+
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
