@@ -82,3 +82,67 @@ fn write_bytes(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     println!("installed {}", to.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+
+    fn unit() -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join("packaging/exitd.service")).unwrap()
+    }
+
+    /// `systemd-analyze verify` accepts the unit as `cargo xtask install --prefix` writes it
+    /// (verify checks that the binary is executable; /bin/true stands in for exitd).
+    #[test]
+    fn the_installed_unit_verifies() {
+        let prefix = std::env::temp_dir().join(format!("exitd-unit-{}", std::process::id()));
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        let binary = prefix.join("bin/exitd");
+        std::fs::copy("/bin/true", &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let unit_path = prefix.join("exitd.service");
+        let text = unit().replace("/usr/local/", &format!("{}/", prefix.display()));
+        std::fs::write(&unit_path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit_path)
+            .output()
+            .expect("systemd-analyze (cargo xtask setup installs systemd)");
+        let _ = std::fs::remove_dir_all(&prefix);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Options that give the service its own mount namespace hide the namespaces exitd
+    /// bind-mounts under /run/netns from the host (see the unit's comment).
+    #[test]
+    fn the_unit_keeps_the_host_mount_namespace() {
+        let unit = unit();
+        for option in [
+            "ProtectSystem=",
+            "ProtectHome=",
+            "PrivateTmp=",
+            "PrivateDevices=",
+            "PrivateMounts=",
+            "ReadWritePaths=",
+            "ReadOnlyPaths=",
+            "InaccessiblePaths=",
+            "BindPaths=",
+            "ProtectKernelModules=",
+            "ProtectKernelTunables=",
+            "ProtectKernelLogs=",
+            "ProtectControlGroups=",
+            "ProtectProc=",
+            "TemporaryFileSystem=",
+        ] {
+            assert!(
+                !unit.lines().any(|l| l.starts_with(option)),
+                "{option} would detach the unit's mount namespace"
+            );
+        }
+    }
+}

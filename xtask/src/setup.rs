@@ -32,6 +32,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("protobuf-compiler", "building the etcd client"),
     ("libprotobuf-dev", "building the etcd client"),
+    (
+        "systemd",
+        "systemd-analyze verify checks the unit in xtask's tests",
+    ),
 ];
 
 /// Tools installed with `cargo install`: (crate, version, binary, why).
