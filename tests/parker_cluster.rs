@@ -183,7 +183,7 @@ fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str) -> PathBuf {
          [concentrator]\nname = \"c7\"\nid = 7\npop = \"vie01\"\n\
          endpoint = \"[2001:db8:ffff::7]:40007\"\ninterface = \"{wg}\"\nnamespace = \"{ns}\"\n\
          wireguard = \"userspace\"\nprivate_key_file = {:?}\nstate_dir = {:?}\n\
-         stale_timeout = 2\ninitial_handshake_grace = 3\ncheck_interval = 1\n\
+         stale_timeout = 60\ninitial_handshake_grace = 3\ncheck_interval = 1\n\
          [concentrator.etcd]\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\nlease_ttl = 2\n",
         dir.join("concentrator.key"),
         dir.join("state"),
@@ -227,6 +227,58 @@ fn has_route(ns: &exitd_testkit::NetNs, prefix: &str, wg: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("dev {wg}"))
 }
 
+/// etcd, a broker following it (no seed concentrators) and a concentrator whose userspace
+/// WireGuard interface lives in its own namespace.
+struct Lab {
+    // Dropped in this order: processes first, then the namespace and etcd.
+    broker: Broker,
+    concentrator: Daemon,
+    _boringtun: StopBoringtun,
+    ns: exitd_testkit::NetNs,
+    wg: String,
+    state: PathBuf,
+    etcd: Etcd,
+    dir: TempDir,
+}
+
+impl Lab {
+    fn start() -> Lab {
+        exitd_testkit::require_root();
+        let etcd = Etcd::start().expect("etcd");
+        let dir = TempDir::new("pconc");
+        keygen(dir.path());
+        let ns = exitd_testkit::NetNs::new("pc").expect("netns");
+        let wg = exitd_testkit::unique_name("wgc");
+        let state = dir.path().join("state");
+        let boringtun = StopBoringtun(state.join(format!("{wg}.pid")));
+        let concentrator = Daemon::start(&concentrator_config(dir.path(), &etcd, ns.name(), &wg));
+        let config = etcd_broker_config(dir.path(), "b", &etcd, "");
+        // The broker follows the concentrators in the same key space, with no seed.
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text.replace(
+            "[parker.ipam]",
+            &format!(
+                "[parker.etcd]\nlease_ttl = 2\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\n\
+                 [parker.ipam]",
+                etcd.endpoint()
+            ),
+        );
+        let text = text.split("[[parker.concentrators]]").next().expect("head");
+        std::fs::write(&config, text).expect("write");
+        let broker = start_broker(&config);
+        Lab {
+            broker,
+            concentrator,
+            _boringtun: boringtun,
+            ns,
+            wg,
+            state,
+            etcd,
+            dir,
+        }
+    }
+}
+
 /// Broker, concentrator and node through a real etcd: the node's `/config` lists the
 /// concentrator with the data it published; the concentrator adds the node as a peer with its
 /// /63 and routes the /63 to its interface; the node never shakes hands, so after the grace
@@ -234,30 +286,8 @@ fn has_route(ns: &exitd_testkit::NetNs, prefix: &str, wg: &str) -> bool {
 /// node is added; a killed concentrator's lease runs out and the broker stops offering it.
 #[test]
 fn concentrator_follows_the_broker_through_etcd() {
-    exitd_testkit::require_root();
-    let mut etcd = Etcd::start().expect("etcd");
-    let dir = TempDir::new("pconc");
-    keygen(dir.path());
-    let ns = exitd_testkit::NetNs::new("pc").expect("netns");
-    let wg = exitd_testkit::unique_name("wgc");
-    let state = dir.path().join("state");
-    let _boringtun = StopBoringtun(state.join(format!("{wg}.pid")));
-    let mut concentrator = Daemon::start(&concentrator_config(dir.path(), &etcd, ns.name(), &wg));
-    let discovery = "[parker.etcd]\nlease_ttl = 2\n";
-    let broker_config = etcd_broker_config(dir.path(), "b", &etcd, "");
-    // The broker follows the concentrators in the same key space.
-    let text = std::fs::read_to_string(&broker_config).expect("config");
-    let text = text.replace(
-        "[parker.ipam]",
-        &format!(
-            "{discovery}endpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\n[parker.ipam]",
-            etcd.endpoint()
-        ),
-    );
-    // No seed: every concentrator comes from etcd.
-    let text = text.split("[[parker.concentrators]]").next().expect("head");
-    std::fs::write(&broker_config, text).expect("write");
-    let broker = start_broker(&broker_config);
+    let mut lab = Lab::start();
+    let (ns, wg, state, dir, broker) = (&lab.ns, &lab.wg, &lab.state, &lab.dir, &lab.broker);
     let http = client();
     let node = node_key(42);
 
@@ -268,10 +298,10 @@ fn concentrator_follows_the_broker_through_etcd() {
     .unwrap_or_else(|| {
         panic!(
             "the broker never offered the concentrator: {:?}",
-            concentrator.log
+            lab.concentrator.log
         )
     });
-    verify_with_signify(&dir, &body).expect("signify verifies");
+    verify_with_signify(dir, &body).expect("signify verifies");
     let json = config_json(&body);
     let offered = &json["concentrators"][0];
     assert_eq!(offered["id"], 7);
@@ -287,8 +317,8 @@ fn concentrator_follows_the_broker_through_etcd() {
     let node63 = Ipv6Net::new(range6.network(), 63).expect("/63").to_string();
 
     let added = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
-        let ips = peer_allowed_ips(&state, &wg, &node)?;
-        has_route(&ns, &node63, &wg).then_some(ips)
+        let ips = peer_allowed_ips(state, wg, &node)?;
+        has_route(ns, &node63, wg).then_some(ips)
     });
     assert_eq!(
         added,
@@ -298,21 +328,23 @@ fn concentrator_follows_the_broker_through_etcd() {
 
     // Never a route into a peer that is gone: the route goes first.
     let removed = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
-        let peer = peer_allowed_ips(&state, &wg, &node).is_some();
-        let route = has_route(&ns, &node63, &wg);
+        let peer = peer_allowed_ips(state, wg, &node).is_some();
+        let route = has_route(ns, &node63, wg);
         assert!(peer || !route, "route to {node63} without its peer");
         (!peer && !route).then_some(())
     });
     assert!(removed.is_some(), "the stale peer was not removed");
-    let route_gone = concentrator.logged(&["removed the route to the node", &node]);
-    let peer_gone = concentrator.logged(&["removed the node's peer", &node]);
+    let route_gone = lab
+        .concentrator
+        .logged(&["removed the route to the node", &node]);
+    let peer_gone = lab.concentrator.logged(&["removed the node's peer", &node]);
     assert!(
         matches!((route_gone, peer_gone), (Some(r), Some(p)) if r < p),
         "route first, then peer: {route_gone:?} {peer_gone:?}"
     );
 
     // etcd crashes and comes back: the concentrator's watch resumes and sees the next node.
-    etcd.restart().expect("etcd restarts");
+    lab.etcd.restart().expect("etcd restarts");
     let second = node_key(43);
     let answered = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
         let (status, _) = get_config(&http, &broker.url, &second, NONCE, 1400);
@@ -323,14 +355,14 @@ fn concentrator_follows_the_broker_through_etcd() {
         "the broker did not recover from the etcd restart"
     );
     let added = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
-        peer_allowed_ips(&state, &wg, &second)
+        peer_allowed_ips(state, wg, &second)
     });
     assert!(
         added.is_some(),
         "the concentrator's watch did not resume after etcd restarted"
     );
 
-    concentrator.kill();
+    lab.concentrator.kill();
     let gone = exitd_testkit::poll_until(std::time::Duration::from_secs(20), || {
         let (status, body) = get_config(&http, &broker.url, &node, NONCE, 1400);
         (status == 400 && body.contains("no gateway online")).then_some(())
@@ -339,4 +371,111 @@ fn concentrator_follows_the_broker_through_etcd() {
         gone.is_some(),
         "the broker still offers a dead concentrator"
     );
+}
+
+/// A key's value in etcd, read with a fresh client.
+fn etcd_value(endpoint: &str, key: &str) -> Option<Vec<u8>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([endpoint], None).await.ok()?;
+        let reply = client.get(key, None).await.ok()?;
+        reply.kvs().first().map(|kv| kv.value().to_vec())
+    })
+}
+
+/// The concentrator's published `connected_peers`.
+fn connected_peers(etcd: &Etcd) -> Option<i64> {
+    let value = etcd_value(&etcd.endpoint(), "/exitd/t/parker/concentrators/c7")?;
+    let report: serde_json::Value = serde_json::from_slice(&value).ok()?;
+    report["connected_peers"].as_i64()
+}
+
+/// A real node: its own boringtun in its own namespace, reaching the concentrator's endpoint
+/// over a veth, with the key it asked the broker about. It shakes hands, the concentrator
+/// publishes `connected_peers` = 1 in etcd and keeps the peer well past the handshake grace
+/// (3 s here) that removes nodes which never shake hands.
+#[test]
+fn a_node_that_shakes_hands_is_counted_and_kept() {
+    use wireguard_control::{DeviceUpdate, Key, PeerConfigBuilder};
+    let lab = Lab::start();
+    let node_ns = exitd_testkit::NetNs::new("pn").expect("netns");
+    exitd_testkit::veth_pair(&lab.ns, "vc", &node_ns, "vn").expect("veth");
+    lab.ns
+        .ip(&["addr", "add", "2001:db8:ffff::7/64", "dev", "vc", "nodad"])
+        .expect("address");
+    node_ns
+        .ip(&["addr", "add", "2001:db8:ffff::42/64", "dev", "vn", "nodad"])
+        .expect("address");
+    let private = Key::generate_private();
+    let node = private.get_public().to_base64();
+    let http = client();
+    let body = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        let (status, body) = get_config(&http, &lab.broker.url, &node, NONCE, 1400);
+        (status == 200).then_some(body)
+    })
+    .expect("the broker offers the concentrator");
+    let json = config_json(&body);
+    let offered = &json["concentrators"][0];
+    let concentrator_key =
+        Key::from_base64(offered["pubkey"].as_str().expect("pubkey")).expect("concentrator key");
+    let endpoint: std::net::SocketAddr = offered["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .parse()
+        .expect("an address endpoint");
+
+    let wg = exitd_testkit::unique_name("wgn");
+    let log = lab.dir.path().join("node-wg.log");
+    let mut node_wg = node_ns
+        .command("boringtun-cli")
+        .args(["-f", "--disable-drop-privileges", "--log"])
+        .arg(&log)
+        .arg(&wg)
+        .env("WG_SUDO", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("boringtun-cli (cargo xtask setup installs it)");
+    let state = lab.dir.path().join("node-state");
+    let name = wg.clone();
+    let configured = node_ns
+        .run(move || {
+            use exitd::wireguard::WireguardBackend;
+            let backend = exitd::wireguard::UserspaceBackend { state_dir: state };
+            exitd_testkit::poll_until(std::time::Duration::from_secs(10), || {
+                let peer = PeerConfigBuilder::new(&concentrator_key)
+                    .set_endpoint(endpoint)
+                    .add_allowed_ip("::".parse().expect("addr"), 0)
+                    .set_persistent_keepalive_interval(1);
+                let update = DeviceUpdate::new()
+                    .set_private_key(private.clone())
+                    .add_peer(peer);
+                backend.apply(&name, update).ok()
+            })
+        })
+        .expect("enters the node namespace");
+    assert!(configured.is_some(), "the node's boringtun did not start");
+    node_ns.ip(&["link", "set", &wg, "up"]).expect("link up");
+
+    let counted = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        (connected_peers(&lab.etcd) == Some(1)).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "connected_peers never reached 1: {:?}",
+        lab.concentrator.log
+    );
+    // Past the grace (3 s) and a few checks: a node that shook hands stays.
+    let since = std::time::Instant::now();
+    let kept = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
+        let present = peer_allowed_ips(&lab.state, &lab.wg, &node).is_some();
+        assert!(present, "the connected node's peer was removed");
+        (since.elapsed() > std::time::Duration::from_secs(6)).then_some(())
+    });
+    let _ = node_wg.kill();
+    let _ = node_wg.wait();
+    assert!(kept.is_some());
 }

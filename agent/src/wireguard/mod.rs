@@ -243,8 +243,7 @@ impl WireguardBackend for UserspaceBackend {
                     if let Some(peer) = index.and_then(|i| peers.get_mut(i))
                         && secs > 0
                     {
-                        peer.last_handshake =
-                            Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+                        peer.last_handshake = Some(handshake_time(secs));
                     }
                 }
                 _ => {}
@@ -265,6 +264,18 @@ impl WireguardBackend for UserspaceBackend {
         let _ = std::fs::remove_file(Path::new(SOCKET_DIR).join(format!("{name}.sock")));
         std::fs::remove_file(&pid_file).with_context(|| format!("{}", pid_file.display()))
     }
+}
+
+/// A UAPI `last_handshake_time_sec` as a point in time. The protocol says seconds since the
+/// epoch; boringtun answers with the seconds *since the handshake* instead. A value before
+/// 2001 cannot be a real handshake time, so it is taken as such an age.
+fn handshake_time(secs: u64) -> std::time::SystemTime {
+    const EPOCH_2001: u64 = 978_307_200;
+    if secs >= EPOCH_2001 {
+        return std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    }
+    let now = std::time::SystemTime::now();
+    now.checked_sub(Duration::from_secs(secs)).unwrap_or(now)
 }
 
 /// The lines of a UAPI `get` answer from a userspace device.
@@ -458,4 +469,26 @@ pub fn reconcile(
         backend.apply(&plan.link, update)?;
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    use super::*;
+
+    #[test]
+    fn boringtun_ages_and_epoch_times_both_read_as_points_in_time() {
+        let epoch = handshake_time(1_795_314_324);
+        assert_eq!(
+            epoch,
+            std::time::UNIX_EPOCH + Duration::from_secs(1_795_314_324)
+        );
+        let age = std::time::SystemTime::now()
+            .duration_since(handshake_time(30))
+            .unwrap();
+        // The wall clock is not monotonic: allow it a step back.
+        assert!(
+            age > Duration::from_secs(29) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
+    }
 }
