@@ -13,7 +13,8 @@ use std::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Run only the Parker broker: unprivileged, no eBPF, no etcd.
+/// Run only the Parker broker: unprivileged, no eBPF; etcd only with `[parker.etcd]` or the
+/// etcd IPAM.
 #[derive(clap::Args, Debug)]
 pub struct BrokerArgs {
     /// exitd's TOML configuration; its [parker] section configures the broker.

@@ -100,16 +100,17 @@ impl Broker {
     /// swapped in as a whole, or, on any error, the running ones stay. Settings outside the
     /// registry (listen address, key, IPAM, concentrators) need a restart.
     pub fn reload(&self, file: &crate::config::Config) -> Result<()> {
-        let new = file
+        let mut new = file
             .parker
-            .as_ref()
+            .clone()
             .context("the new file has no [parker] section")?;
+        new.inherit_cluster(file.cluster.as_ref());
         new.validate().context("[parker]")?;
         let mut effective = self.config.clone();
         effective.max_mtu = new.max_mtu;
         effective.retry_interval = new.retry_interval;
         effective.wg_keepalive = new.wg_keepalive;
-        if effective != *new {
+        if effective != new {
             tracing::warn!(
                 "changes to [parker] other than max_mtu, retry_interval, wg_keepalive take \
                  effect after a restart"
@@ -120,6 +121,15 @@ impl Broker {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         *states = new_states;
         Ok(())
+    }
+
+    /// For status output and metrics: the IPAM's size (None while unknown, e.g. before the
+    /// etcd IPAM first connected) and every concentrator with its liveness and peer count.
+    pub fn summary(&self) -> super::BrokerSummary {
+        super::BrokerSummary {
+            ipam_nodes: self.ipam.node_count(),
+            concentrators: self.concentrators.states(),
+        }
     }
 
     /// The settings in force (one `Arc` clone; the table is replaced, never mutated).
@@ -583,5 +593,24 @@ mod tests {
             "other clients unaffected"
         );
         assert!(limiter.allow(ip, t0 + std::time::Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn summary_shows_the_ipam_size_and_the_concentrators() {
+        let dir = std::env::temp_dir().join(format!("exitd-summary-{}", std::process::id()));
+        let mut config: BrokerConfig = toml::from_str(
+            "[[concentrators]]\nname = \"gw1\"\nid = 3\npop = \"vie\"\n\
+             endpoint = \"gw1.example:1\"\nlink_address = \"fe80::1\"\n\
+             public_key = \"OmaOePJh+hrEZETlPEdNWj7qZn7GTbCno678kH0uLHs=\"\n",
+        )
+        .unwrap();
+        config.ipam.path = dir.clone();
+        let broker = Broker::from_config(&config, true).unwrap();
+        let summary = broker.summary();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(summary.ipam_nodes, Some(0));
+        let gw1 = &summary.concentrators[0];
+        assert_eq!((gw1.name.as_str(), gw1.id, gw1.online), ("gw1", 3, true));
+        assert_eq!(gw1.connected_peers, Some(0));
     }
 }

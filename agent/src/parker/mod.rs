@@ -3,8 +3,10 @@
 //! wire-compatible with deployed nodes (see `reference/parker.md`).
 //!
 //! Layout: [`http`] (axum routes, limits), [`sign`] (Ed25519, signify), [`select`] (pure
-//! concentrator choice), [`ipam`] (embedded store, NetBox), [`config`] (TOML section),
-//! [`wgkex`] (reading an existing `wgkex.yaml`), [`cli`] (`exitd broker`, `exitd keygen`).
+//! concentrator choice), [`ipam`] (embedded store, NetBox, etcd), [`config`] (TOML section),
+//! [`wgkex`] (reading an existing `wgkex.yaml`), [`cli`] (`exitd broker`, `exitd keygen`),
+//! [`etcd`] (the key space shared with other brokers and the concentrators), [`discovery`]
+//! (the broker's view of it) and [`concentrator`] (the worker role, `[concentrator]`).
 //!
 //! A standalone broker (`exitd keygen`, then `exitd broker --config exitd.toml`):
 //!
@@ -16,11 +18,15 @@
 //! clat_subnet = "10.80.96.0/22"
 //! rate_limit = { per_second = 5.0, burst = 20 } # per client address; 0 = off
 //!
-//! [parker.ipam]                                # backend = "local" (default) or "netbox"
+//! [parker.ipam]                                # backend = "local" (default), "netbox", "etcd"
 //! path = "/var/lib/exitd/ipam"
 //! parent = "2001:db8:ed0::/46"
 //! # [parker.ipam.netbox]
 //! # url = "https://netbox.example.net", api_key_file = "...", filter = { tag = "parker" }
+//! # [parker.ipam.etcd]                         # default [parker.etcd], then [cluster]
+//!
+//! # [parker.etcd]                              # concentrators, brokers and nodes in etcd
+//! # endpoints = ["http://127.0.0.1:2379"]      # default: the [cluster] endpoints
 //!
 //! [[parker.concentrators]]
 //! name = "gw01.in.example.net"
@@ -105,6 +111,13 @@ pub struct ConcentratorState {
     pub online: bool,
     /// The last reported count plus this broker's interpolation; None before any report.
     pub connected_peers: Option<i64>,
+}
+
+/// The broker at a glance (see [`http::Broker::summary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSummary {
+    pub ipam_nodes: Option<usize>,
+    pub concentrators: Vec<ConcentratorState>,
 }
 
 /// One concentrator in a node's configuration.
