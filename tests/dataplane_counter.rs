@@ -328,6 +328,25 @@ fn daemon_attaches_at_startup_and_leaves_forwarding_up_on_sigterm() {
     });
     assert!(exported.is_some(), "{series} is served");
 
+    // `exitd status` shows the attachment with the mode the kernel reports (veth: native).
+    let out = pair
+        .receiver
+        .command(EXITD)
+        .args(["status", "--json", "--admin", &admin, "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attachment = &status["dataplane"]["namespaces"][0]["attachments"][0];
+    assert_eq!(attachment["ifname"], "rcv0", "{status}");
+    assert_eq!(attachment["program"], "xdp_count", "{status}");
+    assert_eq!(attachment["mode"], "native", "{status}");
+
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();

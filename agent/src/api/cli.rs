@@ -176,14 +176,17 @@ fn dataplane_summary(out: &mut String, dp: &Value, mode: Option<&Value>) {
             .unwrap_or("(host)");
         let _ = write!(out, "  {name}:");
         for a in ns["attachments"].as_array().into_iter().flatten() {
-            let stale = if a["live"] == Value::Bool(false) {
-                " (interface gone)"
+            let state = if a["live"] == Value::Bool(false) {
+                " (interface gone)".to_string()
             } else {
-                ""
+                a["mode"]
+                    .as_str()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
             };
             let _ = write!(
                 out,
-                " {}@{}{stale}",
+                " {}@{}{state}",
                 a["program"].as_str().unwrap_or("?"),
                 a["ifname"].as_str().unwrap_or("?")
             );
@@ -211,7 +214,7 @@ mod tests {
                         "xdp_mode": "auto" },
             "dataplane": { "pin_dir": "/sys/fs/bpf/exitd", "namespaces": [
                 { "namespace": "gw-1-1", "routes": 3, "forwarded_packets": 42,
-                  "attachments": [{ "program": "xdp_fwd6", "ifname": "up0", "ifindex": 2, "live": true }] }
+                  "attachments": [{ "program": "xdp_fwd6", "ifname": "up0", "ifindex": 2, "live": true, "mode": "native" }] }
             ]},
             "broker": { "listen": "[::]:8080", "requests": 5, "signed_config_answers": 4,
                         "errors": 1, "signing_failures": 0, "nodes_served": 4.0 },
@@ -224,7 +227,7 @@ mod tests {
             "exitd 0.1.0 running: pid 7",
             "roles: dataplane, broker",
             "data plane: pins /sys/fs/bpf/exitd, XDP mode auto",
-            "  gw-1-1: xdp_fwd6@up0; 3 routes, 42 packets forwarded",
+            "  gw-1-1: xdp_fwd6@up0 (native); 3 routes, 42 packets forwarded",
             "broker: listening on [::]:8080; 5 requests, 4 signed config answers, 1 errors",
             "cluster c as a: lease valid; members a, b; owns gateways none",
         ] {

@@ -8,9 +8,11 @@ use crate::{
     dataplane::{self, fwd6::Fwd6Maps, metrics::pin_dirs},
 };
 use exitd_common::{ROUTES6_MAP, Verdict};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 type Section = Box<dyn Fn() -> Value + Send + Sync>;
 
@@ -138,7 +140,7 @@ pub async fn serve(sections: Arc<Sections>, pin_root: std::path::PathBuf) -> axu
 pub struct PinDirStatus {
     /// "" for the root's own directory, else the network namespace.
     pub namespace: String,
-    pub attachments: Vec<dataplane::Attachment>,
+    pub attachments: Vec<AttachmentStatus>,
     /// Routes in the forwarder's maps (None: no forwarder pinned here).
     pub routes: Option<usize>,
     /// Packets the forwarder redirected in XDP.
@@ -146,6 +148,51 @@ pub struct PinDirStatus {
     /// Why the maps could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One pinned XDP link and the mode the kernel reports for its interface.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AttachmentStatus {
+    pub program: String,
+    pub ifname: String,
+    pub ifindex: u32,
+    /// False when the interface was deleted or recreated since.
+    pub live: bool,
+    /// native, generic or offload; None when the interface could not be asked.
+    pub mode: Option<&'static str>,
+}
+
+/// The XDP mode of every link with a program in `namespace` ("" = exitd's own), by ifindex.
+fn xdp_modes(namespace: &str) -> anyhow::Result<BTreeMap<u32, &'static str>> {
+    let name = (!namespace.is_empty()).then_some(namespace);
+    crate::netlink::netns::run_in(name, || async {
+        let handle = crate::netlink::netns::connect()?;
+        let mut links = handle.link().get().execute();
+        let mut modes = BTreeMap::new();
+        while let Some(link) = links.try_next().await? {
+            let attached = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                    LinkXdp::Attached(mode) => mode_name(mode),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            if let Some(mode) = attached {
+                modes.insert(link.header.index, mode);
+            }
+        }
+        Ok(modes)
+    })
+}
+
+fn mode_name(attached: &XdpAttached) -> Option<&'static str> {
+    match attached {
+        XdpAttached::Driver => Some("native"),
+        XdpAttached::SocketBuffer => Some("generic"),
+        XdpAttached::Hardware => Some("offload"),
+        XdpAttached::Multiple => Some("multiple"),
+        _ => None,
+    }
 }
 
 /// The data plane as the pinned links and maps under `pin_root` show it; never fails (an
@@ -168,7 +215,21 @@ fn pin_dir_status(namespace: String, pins: &dataplane::PinDir) -> PinDirStatus {
         error: None,
     };
     match dataplane::attachments(pins) {
-        Ok(attachments) => status.attachments = attachments,
+        Ok(attachments) if !attachments.is_empty() => {
+            // A namespace that cannot be entered only loses the modes.
+            let modes = xdp_modes(&status.namespace).unwrap_or_default();
+            status.attachments = attachments
+                .into_iter()
+                .map(|a| AttachmentStatus {
+                    mode: modes.get(&a.ifindex).copied().filter(|_| a.live),
+                    program: a.program,
+                    ifname: a.ifname,
+                    ifindex: a.ifindex,
+                    live: a.live,
+                })
+                .collect();
+        }
+        Ok(_) => {}
         Err(e) => status.error = Some(format!("{e:#}")),
     }
     if pins.map(ROUTES6_MAP).exists()
