@@ -33,6 +33,17 @@ fn exitd(ns: &NetNs, pins: &TestPins, args: &[&str]) -> Output {
         .expect("exitd runs")
 }
 
+/// Runs `command`; fails with its stderr unless it succeeded; its stdout parsed as JSON.
+fn json_of(command: &mut Command) -> serde_json::Value {
+    let out = command.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
 fn stats(ns: &NetNs, pins: &TestPins) -> serde_json::Value {
     let out = exitd(ns, pins, &["dataplane", "stats", "--json"]);
     assert!(
@@ -194,17 +205,11 @@ fn pinned_counters_are_btf_typed_for_bpftool() {
     .expect("the frames are counted");
 
     let map = pins.path().join("IFACE_COUNTERS");
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&map)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dump = json_of(
+        Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&map),
     );
-    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // With BTF, bpftool prints field names ("formatted" values), not raw hex.
     let entry = &dump[0];
     let per_cpu = entry["formatted"]["values"]
@@ -329,19 +334,12 @@ fn daemon_attaches_at_startup_and_leaves_forwarding_up_on_sigterm() {
     assert!(exported.is_some(), "{series} is served");
 
     // `exitd status` shows the attachment with the mode the kernel reports (veth: native).
-    let out = pair
-        .receiver
-        .command(EXITD)
-        .args(["status", "--json", "--admin", &admin, "--config"])
-        .arg(config.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let status = json_of(
+        pair.receiver
+            .command(EXITD)
+            .args(["status", "--json", "--admin", &admin, "--config"])
+            .arg(config.path()),
     );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let attachment = &status["dataplane"]["namespaces"][0]["attachments"][0];
     assert_eq!(attachment["ifname"], "rcv0", "{status}");
     assert_eq!(attachment["program"], "xdp_count", "{status}");
