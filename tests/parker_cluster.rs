@@ -153,6 +153,13 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, and wait until it exits.
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Daemon {
@@ -176,7 +183,7 @@ impl Drop for StopBoringtun {
     }
 }
 
-fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str) -> PathBuf {
+fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str, lease_ttl: u64) -> PathBuf {
     let path = dir.join("concentrator.toml");
     let text = format!(
         "[admin]\nenabled = false\n\
@@ -184,7 +191,7 @@ fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str) -> PathBuf {
          endpoint = \"[2001:db8:ffff::7]:40007\"\ninterface = \"{wg}\"\nnamespace = \"{ns}\"\n\
          wireguard = \"userspace\"\nprivate_key_file = {:?}\nstate_dir = {:?}\n\
          stale_timeout = 60\ninitial_handshake_grace = 3\ncheck_interval = 1\n\
-         [concentrator.etcd]\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\nlease_ttl = 2\n",
+         [concentrator.etcd]\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\nlease_ttl = {lease_ttl}\n",
         dir.join("concentrator.key"),
         dir.join("state"),
         etcd.endpoint(),
@@ -242,7 +249,8 @@ struct Lab {
 }
 
 impl Lab {
-    fn start() -> Lab {
+    /// `lease_ttl`: the concentrator's, in seconds.
+    fn start(lease_ttl: u64) -> Lab {
         exitd_testkit::require_root();
         let etcd = Etcd::start().expect("etcd");
         let dir = TempDir::new("pconc");
@@ -251,7 +259,13 @@ impl Lab {
         let wg = exitd_testkit::unique_name("wgc");
         let state = dir.path().join("state");
         let boringtun = StopBoringtun(state.join(format!("{wg}.pid")));
-        let concentrator = Daemon::start(&concentrator_config(dir.path(), &etcd, ns.name(), &wg));
+        let concentrator = Daemon::start(&concentrator_config(
+            dir.path(),
+            &etcd,
+            ns.name(),
+            &wg,
+            lease_ttl,
+        ));
         let config = etcd_broker_config(dir.path(), "b", &etcd, "");
         // The broker follows the concentrators in the same key space, with no seed.
         let text = std::fs::read_to_string(&config).expect("config");
@@ -286,7 +300,7 @@ impl Lab {
 /// node is added; a killed concentrator's lease runs out and the broker stops offering it.
 #[test]
 fn concentrator_follows_the_broker_through_etcd() {
-    let mut lab = Lab::start();
+    let mut lab = Lab::start(2);
     let (ns, wg, state, dir, broker) = (&lab.ns, &lab.wg, &lab.state, &lab.dir, &lab.broker);
     let http = client();
     let node = node_key(42);
@@ -400,7 +414,7 @@ fn connected_peers(etcd: &Etcd) -> Option<i64> {
 #[test]
 fn a_node_that_shakes_hands_is_counted_and_kept() {
     use wireguard_control::{DeviceUpdate, Key, PeerConfigBuilder};
-    let lab = Lab::start();
+    let mut lab = Lab::start(30);
     let node_ns = exitd_testkit::NetNs::new("pn").expect("netns");
     exitd_testkit::veth_pair(&lab.ns, "vc", &node_ns, "vn").expect("veth");
     lab.ns
@@ -478,4 +492,14 @@ fn a_node_that_shakes_hands_is_counted_and_kept() {
     let _ = node_wg.kill();
     let _ = node_wg.wait();
     assert!(kept.is_some());
+
+    // SIGTERM: the concentrator leaves etcd at once instead of after its 30 s lease.
+    lab.concentrator.terminate();
+    let left = exitd_testkit::poll_until(std::time::Duration::from_secs(10), || {
+        let key = "/exitd/t/parker/concentrators/c7";
+        etcd_value(&lab.etcd.endpoint(), key)
+            .is_none()
+            .then_some(())
+    });
+    assert!(left.is_some(), "a stopped concentrator stayed in etcd");
 }

@@ -49,9 +49,9 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         }
     }
     let mut admin = crate::api::AdminRoutes::default();
-    crate::api::status::add_role_sections(&mut admin, &config, reload_from);
+    crate::api::daemon_routes(&mut admin, &config, reload_from);
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
-    let _concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
+    let concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
     let cluster = crate::cluster::start_for_daemon(&config, &mut admin).await?;
     // Last: the roles above have registered their admin endpoints and status sections.
     crate::api::start(&config.admin, config.dataplane.pin_dir.clone(), admin).await?;
@@ -70,6 +70,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
     }
     crate::notify::notify("STOPPING=1");
     crate::cluster::stop_for_daemon(cluster).await;
+    crate::parker::concentrator::stop_for_daemon(concentrator).await;
     if config.dataplane.detach_on_exit {
         for ifname in &config.dataplane.interfaces {
             dataplane::detach_xdp(&pins, ifname)?;

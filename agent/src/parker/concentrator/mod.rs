@@ -169,13 +169,37 @@ impl ConcentratorSection {
 /// offering this concentrator at once). The WireGuard interface and its peers stay: nodes
 /// keep their tunnels across a restart.
 pub struct Concentrator {
+    publish: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
-    _report: watch::Sender<Vec<u8>>,
+    report: Option<watch::Sender<Vec<u8>>>,
+    lease_ttl: Duration,
+}
+
+impl Concentrator {
+    /// Graceful stop: leaves etcd at once (the lease is revoked), so brokers stop offering
+    /// this concentrator now rather than when the lease would run out.
+    pub async fn stop(mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+        // Dropping the sender makes the publisher revoke its lease and end.
+        self.report = None;
+        let publish = &mut self.publish;
+        if tokio::time::timeout(self.lease_ttl, publish).await.is_err() {
+            tracing::warn!("could not leave etcd; the concentrator's lease will run out");
+        }
+    }
 }
 
 impl Drop for Concentrator {
     fn drop(&mut self) {
+        self.publish.abort();
         self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// `exitd run`'s graceful stop of the role.
+pub async fn stop_for_daemon(concentrator: Option<Concentrator>) {
+    if let Some(concentrator) = concentrator {
+        concentrator.stop().await;
     }
 }
 
@@ -233,11 +257,14 @@ pub async fn start(section: ConcentratorSection) -> Result<Concentrator> {
         },
     ));
     tracing::info!(name = section.name(), interface = section.interface, public_key = %public_key.to_base64(), "concentrator running");
+    let lease_ttl = section.etcd.ttl();
     let role = Role::new(section, device, report, report_tx.clone()).await?;
     let main = tokio::spawn(role.run(updates));
     Ok(Concentrator {
-        tasks: vec![publish, follow, main],
-        _report: report_tx,
+        publish,
+        tasks: vec![follow, main],
+        report: Some(report_tx),
+        lease_ttl,
     })
 }
 
