@@ -234,3 +234,45 @@ fn status_with_a_wrong_token_is_refused() {
     assert!(!stderr.contains("not running"), "{stderr}");
     daemon.stop();
 }
+
+/// `POST /admin/reload` re-reads the file like SIGHUP, and only with the token.
+#[test]
+fn reload_over_the_admin_api_needs_the_token() {
+    exitd_testkit::require_root();
+    let dir = TempDir::new("admin-reload");
+    let pins = TestPins::new().expect("pin dir");
+    let (sec, _) = keygen(dir.path());
+    let tail = format!(
+        "[dataplane]\npin_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+        pins.path()
+    );
+    let config = write_config(dir.path(), &sec, "max_mtu = 1400", &tail);
+    let daemon = Daemon::start(&config);
+    let (http, broker) = (client(), format!("http://{}", daemon.broker));
+    let mtu = || {
+        let (code, body) = get_config(&http, &broker, &node_key(1), NONCE, 1500);
+        assert_eq!(code, 200, "{body}");
+        config_json(&body)["mtu"].as_u64()
+    };
+    assert_eq!(mtu(), Some(1400));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("max_mtu = 1400", "max_mtu = 1300")).unwrap();
+
+    let reload = format!("http://{}/admin/reload", daemon.admin);
+    let refused = http.post(&reload).send().unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let refused = http.post(&reload).bearer_auth("wrong").send().unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(mtu(), Some(1400), "nothing reloaded without the token");
+
+    let accepted = http.post(&reload).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    let applied = poll_until(Duration::from_secs(20), || {
+        (mtu() == Some(1300)).then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "the new max_mtu applies after the reload"
+    );
+    daemon.stop();
+}

@@ -49,7 +49,7 @@ async fn run_with(config: Config, reload_from: Option<&std::path::Path>) -> Resu
         }
     }
     let mut admin = crate::api::AdminRoutes::default();
-    crate::api::status::add_role_sections(&mut admin, &config, reload_from);
+    crate::api::daemon_routes(&mut admin, &config, reload_from);
     let _broker = crate::parker::start_for_daemon(&config, reload_from).await?;
     let concentrator = crate::parker::concentrator::start_for_daemon(&config).await?;
     let cluster = crate::cluster::start_for_daemon(&config, &mut admin).await?;

@@ -125,6 +125,32 @@ impl AdminRoutes {
     }
 }
 
+/// What `exitd run` itself serves: the status sections of its roles and
+/// `POST /admin/reload`, which re-reads the configuration like `systemctl reload` (SIGHUP).
+pub fn daemon_routes(
+    admin: &mut AdminRoutes,
+    config: &crate::config::Config,
+    path: Option<&std::path::Path>,
+) {
+    status::add_role_sections(admin, config, path);
+    admin.write("/reload", axum::routing::post(reload));
+}
+
+/// Sends this process SIGHUP; `exitd run` handles it (never ends on it).
+async fn reload() -> Response {
+    // SAFETY: kill(2) on our own pid; only registered by `exitd run`, which handles SIGHUP.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response();
+    }
+    tracing::info!("reload requested over the admin API");
+    (
+        StatusCode::ACCEPTED,
+        "reload requested; the log says what changed\n",
+    )
+        .into_response()
+}
+
 struct Auth {
     token: Option<String>,
 }
