@@ -211,18 +211,25 @@ fn metrics_and_status_of_a_running_node() {
     assert!(text.contains("data plane: pins"), "{text}");
 }
 
-/// A wrong token in the configuration `exitd status` reads is an error, not "not running".
-#[test]
-fn status_with_a_wrong_token_is_refused() {
+/// A broker configuration (`parker_extra` inside `[parker]`) with the admin API on loopback
+/// behind [`TOKEN`]; the directory and pins live as long as the returned guards.
+fn broker_with_admin(tag: &str, parker_extra: &str) -> (TempDir, TestPins, std::path::PathBuf) {
     exitd_testkit::require_root();
-    let dir = TempDir::new("admin-token");
+    let dir = TempDir::new(tag);
     let pins = TestPins::new().expect("pin dir");
     let (sec, _) = keygen(dir.path());
     let tail = format!(
         "[dataplane]\npin_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
         pins.path()
     );
-    let config = write_config(dir.path(), &sec, "", &tail);
+    let config = write_config(dir.path(), &sec, parker_extra, &tail);
+    (dir, pins, config)
+}
+
+/// A wrong token in the configuration `exitd status` reads is an error, not "not running".
+#[test]
+fn status_with_a_wrong_token_is_refused() {
+    let (dir, _pins, config) = broker_with_admin("admin-token", "");
     let daemon = Daemon::start(&config);
     let other = dir.path().join("other.toml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -238,15 +245,7 @@ fn status_with_a_wrong_token_is_refused() {
 /// `POST /admin/reload` re-reads the file like SIGHUP, and only with the token.
 #[test]
 fn reload_over_the_admin_api_needs_the_token() {
-    exitd_testkit::require_root();
-    let dir = TempDir::new("admin-reload");
-    let pins = TestPins::new().expect("pin dir");
-    let (sec, _) = keygen(dir.path());
-    let tail = format!(
-        "[dataplane]\npin_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
-        pins.path()
-    );
-    let config = write_config(dir.path(), &sec, "max_mtu = 1400", &tail);
+    let (_dir, _pins, config) = broker_with_admin("admin-reload", "max_mtu = 1400");
     let daemon = Daemon::start(&config);
     let (http, broker) = (client(), format!("http://{}", daemon.broker));
     let mtu = || {
