@@ -168,9 +168,17 @@ pub struct Nat4Maps {
 }
 
 impl Nat4Maps {
+    /// Takes the maps out of a loaded object (tests and benchmarks).
+    pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<Nat4Maps> {
+        Nat4Maps::from(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        })
+    }
+
     /// Opens the pinned maps of a running translator.
     pub fn open_pinned(pins: &PinDir) -> Result<Nat4Maps> {
-        let open = |name: &str| -> Result<Map> {
+        Nat4Maps::from(|name| {
             let path = pins.map(name);
             let data = MapData::from_pin(&path).with_context(|| {
                 format!(
@@ -179,7 +187,10 @@ impl Nat4Maps {
                 )
             })?;
             Ok(Map::from_map_data(data)?)
-        };
+        })
+    }
+
+    fn from(mut open: impl FnMut(&str) -> Result<Map>) -> Result<Nat4Maps> {
         Ok(Nat4Maps {
             routes: open(ROUTES4_MAP)?.try_into().context(ROUTES4_MAP)?,
             local: open(LOCAL4_MAP)?.try_into().context(LOCAL4_MAP)?,
@@ -271,6 +282,19 @@ impl Nat4Maps {
     /// Number of connection-tracking entries (two per connection).
     pub fn entry_count(&self) -> usize {
         self.connections.keys().count()
+    }
+
+    /// Reads one connection-tracking entry (tests).
+    pub fn entry(&self, key: &CtKey) -> Option<CtEntry> {
+        self.connections.get(key, 0).ok()
+    }
+
+    /// Writes one connection-tracking entry (tests and benchmarks: a flow established
+    /// without sending its first packet).
+    pub fn insert_entry(&mut self, key: &CtKey, entry: &CtEntry) -> Result<()> {
+        self.connections
+            .insert(key, entry, 0)
+            .context("cannot write CT4")
     }
 }
 
