@@ -154,7 +154,10 @@ mod tests {
             "test",
         )
         .unwrap();
-        assert_eq!(config.dataplane.nat.ports, crate::plan::PortRange(40000, 40003));
+        assert_eq!(
+            config.dataplane.nat.ports,
+            crate::plan::PortRange(40000, 40003)
+        );
         assert_eq!(config.dataplane.nat.udp, 2);
         assert_eq!(config.dataplane.nat.tcp_established, 7440, "defaults stay");
         let overlap = Config::parse("[dataplane.nat]\nports = \"60000-62000\"\n", "t");

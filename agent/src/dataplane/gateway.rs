@@ -450,6 +450,7 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
                 .context("cannot subscribe to neighbour events")?;
             tokio::spawn(connection);
             let mut maps = GatewayMaps::open_pinned(&pins)?;
+            let mut exhausted = ExhaustionLog::new(&maps.nat4);
             loop {
                 let facts = observe(&handle).await?;
                 ensure_managed_neighbours(&handle, &plan, &facts).await?;
@@ -457,8 +458,18 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
                 if report.changed() {
                     tracing::info!(?report, "forwarder maps updated");
                 }
-                if events.next().await.is_none() {
-                    bail!("the netlink event stream of {gw} ended");
+                loop {
+                    tokio::select! {
+                        event = events.next() => {
+                            if event.is_none() {
+                                bail!("the netlink event stream of {gw} ended");
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep(ExhaustionLog::EVERY) => {
+                            exhausted.check(&maps.nat4, &gw);
+                        }
+                    }
                 }
                 // Let a burst of events settle, then take them all at once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -466,6 +477,46 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
             }
         })
     })
+}
+
+/// Logs new connections the translator dropped for lack of public ports (the program
+/// can only count them).
+struct ExhaustionLog {
+    seen: u64,
+}
+
+impl ExhaustionLog {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn new(maps: &Nat4Maps) -> ExhaustionLog {
+        ExhaustionLog {
+            seen: Self::count(maps),
+        }
+    }
+
+    fn count(maps: &Nat4Maps) -> u64 {
+        maps.verdict_counters()
+            .ok()
+            .and_then(|all| {
+                all.into_iter()
+                    .find(|(v, _)| *v == exitd_common::nat4::Nat4Verdict::DropExhausted)
+            })
+            .map_or(0, |(_, c)| c.packets)
+    }
+
+    fn check(&mut self, maps: &Nat4Maps, gateway: &str) {
+        let now = Self::count(maps);
+        if now > self.seen {
+            tracing::warn!(
+                gateway,
+                dropped = now - self.seen,
+                total = now,
+                "NAT port exhaustion: new IPv4 connections dropped (no free public port; \
+                 widen [dataplane.nat] ports or add a public address)"
+            );
+        }
+        self.seen = now;
+    }
 }
 
 #[cfg(test)]

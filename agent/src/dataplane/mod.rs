@@ -12,6 +12,7 @@ pub mod fwd6;
 pub mod gateway;
 pub mod metrics;
 pub mod nat4;
+pub mod nat_cli;
 mod pins;
 
 pub use attach::{

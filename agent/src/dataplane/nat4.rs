@@ -11,8 +11,7 @@ use exitd_common::{
     nat4::{
         CT_IN, CT_OUT, CT_PORT_FORWARD, CT4_MAP, CtEntry, CtKey, LOCAL4_MAP, NAT4_CONFIG_MAP,
         NAT4_ENABLED, NAT4_STATS_MAP, Nat4Config, Nat4Verdict, PORT_FWD4_MAP, PortFwdKey,
-        PortFwdTarget, ROUTES4_MAP, Route4, TCP_CLOSING, TCP_ESTABLISHED, TIMEOUT_COUNT,
-        Timeout,
+        PortFwdTarget, ROUTES4_MAP, Route4, TCP_CLOSING, TCP_ESTABLISHED, TIMEOUT_COUNT, Timeout,
     },
 };
 use ipnet::IpNet;
@@ -194,9 +193,7 @@ impl Nat4Maps {
         Ok(Nat4Maps {
             routes: open(ROUTES4_MAP)?.try_into().context(ROUTES4_MAP)?,
             local: open(LOCAL4_MAP)?.try_into().context(LOCAL4_MAP)?,
-            config: open(NAT4_CONFIG_MAP)?
-                .try_into()
-                .context(NAT4_CONFIG_MAP)?,
+            config: open(NAT4_CONFIG_MAP)?.try_into().context(NAT4_CONFIG_MAP)?,
             connections: open(CT4_MAP)?.try_into().context(CT4_MAP)?,
             forwards: open(PORT_FWD4_MAP)?.try_into().context(PORT_FWD4_MAP)?,
             stats: open(NAT4_STATS_MAP)?.try_into().context(NAT4_STATS_MAP)?,
@@ -233,10 +230,14 @@ impl Nat4Maps {
             self.config.set(0, want.config, 0).context("NAT4_CONFIG")?;
             counts.1 += 1;
         }
-        sync_map(&mut self.routes, &have.routes, &want.routes, &mut counts)
-            .context(ROUTES4_MAP)?;
-        sync_map(&mut self.forwards, &have.forwards, &want.forwards, &mut counts)
-            .context(PORT_FWD4_MAP)?;
+        sync_map(&mut self.routes, &have.routes, &want.routes, &mut counts).context(ROUTES4_MAP)?;
+        sync_map(
+            &mut self.forwards,
+            &have.forwards,
+            &want.forwards,
+            &mut counts,
+        )
+        .context(PORT_FWD4_MAP)?;
         let want_local: BTreeMap<[u8; 4], u32> = want.local.iter().map(|a| (*a, 1)).collect();
         let have_local: BTreeMap<[u8; 4], u32> = have.local.iter().map(|a| (*a, 1)).collect();
         sync_map(&mut self.local, &have_local, &want_local, &mut counts).context(LOCAL4_MAP)?;
@@ -284,6 +285,31 @@ impl Nat4Maps {
         self.connections.keys().count()
     }
 
+    /// Connections and public ports in use, from one walk over the table (one syscall per
+    /// entry: fine for a scrape at tens of thousands of connections, slow at a million).
+    pub fn usage(&self) -> Result<Usage> {
+        let config = self.config.get(&0, 0).context("reading NAT4_CONFIG")?;
+        let mut connections = 0;
+        let mut ports = BTreeSet::new();
+        for entry in self.connections.iter() {
+            let (key, value) = entry.context("reading CT4")?;
+            if key.dir == CT_OUT {
+                connections += 1;
+                ports.insert((key.proto, value.port));
+            }
+        }
+        let enabled = config.flags & NAT4_ENABLED != 0;
+        Ok(Usage {
+            connections,
+            ports_in_use: ports.len() as u64,
+            ports_total: if enabled {
+                u64::from(config.port_max.saturating_sub(config.port_min)) + 1
+            } else {
+                0
+            },
+        })
+    }
+
     /// Reads one connection-tracking entry (tests).
     pub fn entry(&self, key: &CtKey) -> Option<CtEntry> {
         self.connections.get(key, 0).ok()
@@ -322,6 +348,15 @@ where
         counts.2 += 1;
     }
     Ok(())
+}
+
+/// What the translator holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub connections: u64,
+    /// Distinct (protocol, public port) pairs.
+    pub ports_in_use: u64,
+    pub ports_total: u64,
 }
 
 /// One translated connection as `exitd nat list` shows it.
@@ -457,7 +492,10 @@ mod tests {
         let plan = plan();
         let table = table_for(&plan, &facts(&plan)).unwrap();
         assert_eq!(table.config.public, [185, 69, 166, 123]);
-        assert_eq!((table.config.port_min, table.config.port_max), (1024, 60999));
+        assert_eq!(
+            (table.config.port_min, table.config.port_max),
+            (1024, 60999)
+        );
         assert_eq!(table.config.flags, NAT4_ENABLED);
         assert_eq!(table.config.upstream.flags, ROUTE_NEIGH_KNOWN);
         assert_eq!(table.config.upstream.dst_mac, [2, 0xee, 0, 0, 0, 1]);

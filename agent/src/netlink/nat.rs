@@ -26,9 +26,12 @@ pub fn ruleset(nat: &NatPlan) -> Option<String> {
     }
     let out = &nat.out_link;
     // Ports only exist for TCP and UDP; other protocols keep the plain rule.
-    let ports = nat
-        .ebpf
-        .then(|| format!("meta l4proto {{ tcp, udp }} snat to {public}:{}", nat.settings.kernel_ports));
+    let ports = nat.ebpf.then(|| {
+        format!(
+            "meta l4proto {{ tcp, udp }} snat to {public}:{}",
+            nat.settings.kernel_ports
+        )
+    });
     let mut body = String::new();
     body.push_str(&isolation_sets(nat));
     let _ = writeln!(
