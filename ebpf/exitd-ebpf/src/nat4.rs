@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use exitd_common::{
     nat4::{
-        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, Timeout,
-        CT_IN, CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4,
-        MAX_ROUTES4, NAT4_ENABLED, NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
+        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, Timeout, CT_IN,
+        CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4, MAX_ROUTES4,
+        NAT4_ENABLED, NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
     },
     Counters, ROUTE_NEIGH_KNOWN,
 };
@@ -57,8 +57,7 @@ static CT4: LruHashMap<CtKey, CtEntry, { DEFAULT_CT4_ENTRIES as usize }> = LruHa
 
 /// Public ports forwarded into tenant networks.
 #[btf_map]
-static PORT_FWD4: HashMap<PortFwdKey, PortFwdTarget, { MAX_PORT_FWD4 as usize }> =
-    HashMap::new();
+static PORT_FWD4: HashMap<PortFwdKey, PortFwdTarget, { MAX_PORT_FWD4 as usize }> = HashMap::new();
 
 /// Packets and bytes per translator verdict, per CPU.
 #[btf_map]
@@ -216,7 +215,10 @@ fn outbound(
             // SAFETY: as above.
             (unsafe { *entry }, Nat4Verdict::Out)
         }
-        None => (new_outbound(cfg, pkt, &key, tcp, ingress, now)?, Nat4Verdict::NewOut),
+        None => (
+            new_outbound(cfg, pkt, &key, tcp, ingress, now)?,
+            Nat4Verdict::NewOut,
+        ),
     };
     rewrite(ctx, pkt, head, true, entry.addr, entry.port)?;
     redirect(ctx, up, verdict)
@@ -639,6 +641,14 @@ fn icmp_error(
     pkt: &Packet,
     head: *mut L4Head,
 ) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
+    // The quote must lie inside the IPv4 packet, not in padding after it: the ICMP
+    // checksum covers only the packet.
+    // SAFETY: checked by parse.
+    let tot_len = u16::from_be_bytes(unsafe { (*pkt.ip).tot_len }) as usize;
+    if L3 + tot_len < INNER_L4 + 8 {
+        return Err(Nat4Verdict::PassMalformed);
+    }
+    let quotes_tcp_check = L3 + tot_len >= INNER_L4 + TCP_CSUM_OFF + 2;
     let inner: *mut Ipv4Hdr = ptr_at(ctx, INNER_L3).ok_or(Nat4Verdict::PassMalformed)?;
     let inner_l4: *mut L4Head = ptr_at(ctx, INNER_L4).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: both checked by ptr_at.
@@ -681,7 +691,7 @@ fn icmp_error(
     if route.flags & ROUTE_NEIGH_KNOWN == 0 {
         return Err(Nat4Verdict::PassNoNeighbour);
     }
-    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, &entry)?;
+    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, &entry, quotes_tcp_check)?;
     // SAFETY: the outer ICMP header is the checked head.
     unsafe { (*head).word1 = icmp_delta.apply((*head).word1) };
     // The outer header: destination and TTL, as for any incoming packet (the ICMP header
@@ -709,12 +719,15 @@ fn rewrite_quoted(
     inner_l4: *mut L4Head,
     proto: u8,
     entry: &CtEntry,
+    quotes_tcp_check: bool,
 ) -> Result<CsumDelta, Nat4Verdict> {
     // SAFETY: both pointers were checked by ptr_at in the caller.
     unsafe {
         let old_src = (*inner).src;
         let old_ip_check = (*inner).check;
-        let new_ip_check = CsumDelta::new().addr(old_src, entry.addr).apply(old_ip_check);
+        let new_ip_check = CsumDelta::new()
+            .addr(old_src, entry.addr)
+            .apply(old_ip_check);
         (*inner).src = entry.addr;
         (*inner).check = new_ip_check;
         let mut delta = CsumDelta::new()
@@ -732,7 +745,9 @@ fn rewrite_quoted(
         match proto {
             net::IPPROTO_TCP => {
                 // The quoted TCP checksum is only there when the router quoted enough.
-                if let Some(check) = ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF) {
+                let check =
+                    ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF).filter(|_| quotes_tcp_check);
+                if let Some(check) = check {
                     let new = l4_delta.apply(*check);
                     delta = delta.word(*check, new);
                     *check = new;
