@@ -6,7 +6,8 @@
 //! own port range (`kernel_ports`), disjoint from the translator's, so the two never pick
 //! the same public port. With it off, the kernel does all of it. Either way the forward
 //! chain keeps tenants apart: nothing is routed into a tenant's network except from that
-//! tenant's own link or as a port forward.
+//! tenant's own link, as a port forward or as the reply of a connection that got past this
+//! rule when it started.
 
 use crate::plan::NatPlan;
 use anyhow::{Context, Result, bail};
@@ -65,7 +66,7 @@ pub fn ruleset(nat: &NatPlan) -> Option<String> {
     if !nat.snat.is_empty() {
         body.push_str(
             "  chain forward {\n    type filter hook forward priority filter; policy accept;\n    \
-             ct status dnat accept\n    \
+             ct state established,related accept\n    ct status dnat accept\n    \
              ip daddr @tenant_nets iifname . ip daddr != @tenant_links counter drop comment \"tenant isolation\"\n  }\n",
         );
     }
