@@ -50,6 +50,9 @@ pub struct DataplaneConfig {
     /// agent restarts and upgrades.
     #[serde(default)]
     pub detach_on_exit: bool,
+    /// The eBPF IPv4 translator (`[dataplane.nat]`): port ranges, size, timeouts.
+    #[serde(default)]
+    pub nat: crate::plan::NatSettings,
 }
 
 impl Default for DataplaneConfig {
@@ -60,6 +63,7 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpModeArg::Auto,
             forward: true,
             detach_on_exit: false,
+            nat: crate::plan::NatSettings::default(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.admin.validate()?;
+        self.dataplane.nat.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
@@ -143,6 +148,25 @@ mod tests {
             text.contains("exitd.toml") && text.contains("interface"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nat_settings_are_read_and_checked() {
+        let config = Config::parse(
+            "[dataplane.nat]\nports = \"40000-40003\"\nudp = 2\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            config.dataplane.nat.ports,
+            crate::plan::PortRange(40000, 40003)
+        );
+        assert_eq!(config.dataplane.nat.udp, 2);
+        assert_eq!(config.dataplane.nat.tcp_established, 7440, "defaults stay");
+        let overlap = Config::parse("[dataplane.nat]\nports = \"60000-62000\"\n", "t");
+        assert!(format!("{:#}", overlap.unwrap_err()).contains("overlap"));
+        let backwards = Config::parse("[dataplane.nat]\nports = \"9-3\"\n", "t");
+        assert!(format!("{:#}", backwards.unwrap_err()).contains("backwards"));
     }
 
     #[test]

@@ -27,6 +27,9 @@ enum Command {
     /// Attach, detach and inspect the eBPF data plane.
     #[command(subcommand)]
     Dataplane(exitd::dataplane::cli::DataplaneCommand),
+    /// The gateway's IPv4 translator: live translations and counters.
+    #[command(subcommand)]
+    Nat(exitd::dataplane::nat_cli::NatCommand),
     /// Show the network derived from the configuration: links, addresses, routes, peers, NAT.
     Plan(exitd::plan::cli::PlanArgs),
     /// Make this machine match the configuration's network plan (namespaces, links, routes).
@@ -74,6 +77,7 @@ fn dispatch(command: Command) -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(exitd::daemon::run_file(&config))
         }
         Command::Dataplane(cmd) => exitd::dataplane::cli::run(cmd),
+        Command::Nat(cmd) => exitd::dataplane::nat_cli::run(cmd),
         Command::Broker(args) => exitd::parker::cli::run_broker(args),
         Command::Keygen(args) => exitd::parker::cli::keygen(args),
         Command::Plan(args) => exitd::plan::cli::run(args),

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the kernel NAT baseline in tests and benchmarks",
     ),
     ("ethtool", "interface offload settings in tests"),
+    ("curl", "a real HTTP client through the NAT in tests"),
+    ("traceroute", "traceroute through the NAT in tests"),
     (
         "signify-openbsd",
         "verifying broker signatures like Parker nodes do",

@@ -1,6 +1,6 @@
 //! Attaching and detaching XDP programs through pinned bpf_links.
 
-use super::{OBJECT, PinDir, XDP_COUNT, XDP_FWD6, fwd6::FWD6_MAPS};
+use super::{OBJECT, PinDir, XDP_COUNT, XDP_FWD6, fwd6::FWD6_MAPS, nat4::NAT4_MAPS};
 use crate::iface;
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -11,7 +11,7 @@ use aya::{
         xdp::{XdpLink, XdpMode},
     },
 };
-use exitd_common::IFACE_COUNTERS_MAP;
+use exitd_common::{IFACE_COUNTERS_MAP, nat4::CT4_MAP};
 use std::{fs, path::PathBuf};
 
 /// XDP attachment mode as an operator chooses it.
@@ -146,6 +146,18 @@ pub fn attach_xdp_all(
     program: XdpProgram,
     mode: XdpModeArg,
 ) -> Result<Vec<AttachOutcome>> {
+    attach_xdp_all_sized(pins, ifnames, program, mode, None)
+}
+
+/// `attach_xdp_all` that, when it creates the connection-tracking map, gives it
+/// `ct_entries` entries (an existing pinned map keeps its size).
+pub fn attach_xdp_all_sized(
+    pins: &PinDir,
+    ifnames: &[String],
+    program: XdpProgram,
+    mode: XdpModeArg,
+    ct_entries: Option<u32>,
+) -> Result<Vec<AttachOutcome>> {
     let name = program.name();
     let ifindexes = ifnames
         .iter()
@@ -173,7 +185,7 @@ pub fn attach_xdp_all(
             unpin(old)?;
         }
         if ebpf.is_none() {
-            ebpf = Some(load_program(pins, name)?);
+            ebpf = Some(load_program(pins, name, ct_entries)?);
         }
         let xdp: &mut Xdp = ebpf
             .as_mut()
@@ -193,10 +205,13 @@ pub fn attach_xdp_all(
 
 /// Loads the object with every map pinned in `pins` (all programs and later runs of exitd
 /// share the same state) and loads `name` into the kernel.
-fn load_program(pins: &PinDir, name: &str) -> Result<aya::Ebpf> {
+fn load_program(pins: &PinDir, name: &str, ct_entries: Option<u32>) -> Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
-    for map in std::iter::once(IFACE_COUNTERS_MAP).chain(FWD6_MAPS) {
+    for map in pinned_maps() {
         loader.map_pin_path(map, pins.map(map));
+    }
+    if let Some(entries) = ct_entries {
+        loader.map_max_entries(CT4_MAP, entries);
     }
     let mut ebpf = loader.load(OBJECT).context(
         "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
@@ -262,7 +277,7 @@ pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
         unpin(&attachment)?;
         detached.push(attachment.ifname);
     }
-    for map in std::iter::once(IFACE_COUNTERS_MAP).chain(FWD6_MAPS) {
+    for map in pinned_maps() {
         let path = pins.map(map);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -271,6 +286,13 @@ pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
         }
     }
     Ok(detached)
+}
+
+/// Every map exitd pins: all programs and later runs share them.
+fn pinned_maps() -> impl Iterator<Item = &'static str> {
+    std::iter::once(IFACE_COUNTERS_MAP)
+        .chain(FWD6_MAPS)
+        .chain(NAT4_MAPS)
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! devmap's interfaces and netlink sockets all belong to the namespace of the caller.
 
 use super::{
-    AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all,
+    AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all_sized,
     fwd6::{Fwd6Maps, Fwd6Table, SyncReport, prefix64},
+    nat4::{self, Nat4Maps, Nat4Table},
 };
 use crate::{
     netlink::netns,
@@ -29,7 +30,7 @@ use rtnetlink::{
 };
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::Duration,
 };
@@ -51,11 +52,59 @@ pub struct LinkFact {
     pub mac: [u8; 6],
 }
 
-/// The namespace's links by name and its resolved IPv6 neighbours by (ifindex, address).
+/// The namespace's links by name and its resolved neighbours by (ifindex, address).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkFacts {
     pub links: BTreeMap<String, LinkFact>,
     pub neighbours: BTreeMap<(u32, Ipv6Addr), [u8; 6]>,
+    pub neighbours4: BTreeMap<(u32, Ipv4Addr), [u8; 6]>,
+}
+
+/// Everything the gateway's programs need in their maps: the IPv6 forwarder's entries and
+/// the IPv4 translator's. The translator's egress links are among the forwarder's ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayTable {
+    pub fwd6: Fwd6Table,
+    pub nat4: Nat4Table,
+}
+
+impl GatewayTable {
+    pub fn of(plan: &Plan, facts: &LinkFacts) -> Result<GatewayTable> {
+        let mut fwd6 = table_for(plan, facts)?;
+        let nat4 = nat4::table_for(plan, facts)?;
+        fwd6.ports.extend(nat4.ports());
+        Ok(GatewayTable { fwd6, nat4 })
+    }
+
+    fn all_resolved(&self) -> bool {
+        all_resolved(&self.fwd6) && self.nat4.all_resolved()
+    }
+}
+
+/// Handles on all of the gateway's maps.
+pub struct GatewayMaps {
+    pub fwd6: Fwd6Maps,
+    pub nat4: Nat4Maps,
+}
+
+impl GatewayMaps {
+    pub fn open_pinned(pins: &PinDir) -> Result<GatewayMaps> {
+        Ok(GatewayMaps {
+            fwd6: Fwd6Maps::open_pinned(pins)?,
+            nat4: Nat4Maps::open_pinned(pins)?,
+        })
+    }
+
+    /// Syncs both; the forwarder first, so the translator's egress ports exist before the
+    /// translator may redirect to them.
+    pub fn sync(&mut self, want: &GatewayTable) -> Result<SyncReport> {
+        let mut report = self.fwd6.sync(&want.fwd6)?;
+        let (added, updated, removed) = self.nat4.sync(&want.nat4)?;
+        report.added += added;
+        report.updated += updated;
+        report.removed += removed;
+        Ok(report)
+    }
 }
 
 /// The forwarder's map contents for `plan` given the namespace's links and neighbours.
@@ -123,6 +172,23 @@ fn next_hops(plan: &Plan) -> Vec<(String, Ipv6Addr)> {
     hops
 }
 
+/// IPv4 next hops of the translator: the upstream router and each ExitPoint.
+fn next_hops4(plan: &Plan) -> Vec<(String, Ipv4Addr)> {
+    let nat = &plan.dataplane.nat;
+    if !nat.ebpf || nat.public_ipv4.is_none() {
+        return Vec::new();
+    }
+    let mut hops: Vec<(String, Ipv4Addr)> = nat
+        .upstream_ipv4
+        .map(|up| (nat.out_link.clone(), up))
+        .into_iter()
+        .chain(nat.snat.iter().map(|s| (s.link.clone(), s.next_hop)))
+        .collect();
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
 /// Reads the namespace's links (ifindex, MAC) and resolved IPv6 neighbours.
 pub async fn observe(handle: &Handle) -> Result<LinkFacts> {
     let mut facts = LinkFacts::default();
@@ -147,25 +213,36 @@ pub async fn observe(handle: &Handle) -> Result<LinkFacts> {
             );
         }
     }
-    let mut neighbours = handle
-        .neighbours()
-        .get()
-        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet6)
-        .execute();
-    while let Some(msg) = neighbours
-        .try_next()
-        .await
-        .context("cannot list neighbours")?
-    {
-        if let Some((key, mac)) = resolved_neighbour(&msg) {
-            facts.neighbours.insert(key, mac);
+    for family in [
+        rtnetlink::packet_route::AddressFamily::Inet6,
+        rtnetlink::packet_route::AddressFamily::Inet,
+    ] {
+        let mut neighbours = handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute();
+        while let Some(msg) = neighbours
+            .try_next()
+            .await
+            .context("cannot list neighbours")?
+        {
+            match resolved_neighbour(&msg) {
+                Some(((ifindex, IpAddr::V6(a)), mac)) => {
+                    facts.neighbours.insert((ifindex, a), mac);
+                }
+                Some(((ifindex, IpAddr::V4(a)), mac)) => {
+                    facts.neighbours4.insert((ifindex, a), mac);
+                }
+                None => {}
+            }
         }
     }
     Ok(facts)
 }
 
 /// A neighbour entry with a usable link-layer address.
-fn resolved_neighbour(msg: &NeighbourMessage) -> Option<((u32, Ipv6Addr), [u8; 6])> {
+fn resolved_neighbour(msg: &NeighbourMessage) -> Option<((u32, IpAddr), [u8; 6])> {
     let usable = matches!(
         msg.header.state,
         NeighbourState::Reachable
@@ -182,7 +259,12 @@ fn resolved_neighbour(msg: &NeighbourMessage) -> Option<((u32, Ipv6Addr), [u8; 6
     let mut mac = None;
     for attr in &msg.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(*a))
+            }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(l);
@@ -197,17 +279,24 @@ fn resolved_neighbour(msg: &NeighbourMessage) -> Option<((u32, Ipv6Addr), [u8; 6
 /// Asks the kernel to resolve every next hop and keep it resolved (a "managed" neighbour,
 /// Linux ≥ 5.16): the fast path never sends through the kernel, so nothing else would.
 async fn ensure_managed_neighbours(handle: &Handle, plan: &Plan, facts: &LinkFacts) -> Result<()> {
-    for (link, addr) in next_hops(plan) {
+    let v6 = next_hops(plan)
+        .into_iter()
+        .map(|(link, a)| (link, IpAddr::V6(a)));
+    let v4 = next_hops4(plan)
+        .into_iter()
+        .map(|(link, a)| (link, IpAddr::V4(a)));
+    for (link, addr) in v6.chain(v4) {
         let Some(fact) = facts.links.get(&link) else {
             continue;
         };
-        if facts.neighbours.contains_key(&(fact.ifindex, addr)) {
+        let known = match addr {
+            IpAddr::V6(a) => facts.neighbours.contains_key(&(fact.ifindex, a)),
+            IpAddr::V4(a) => facts.neighbours4.contains_key(&(fact.ifindex, a)),
+        };
+        if known {
             continue;
         }
-        let mut request = handle
-            .neighbours()
-            .add(fact.ifindex, IpAddr::V6(addr))
-            .replace();
+        let mut request = handle.neighbours().add(fact.ifindex, addr).replace();
         let msg = request.message_mut();
         msg.header.state = NeighbourState::None;
         msg.attributes
@@ -230,8 +319,16 @@ pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
     let pins = PinDir::new(pin_root.join(&gw));
     let mut fwd_links: Vec<String> = next_hops(plan).into_iter().map(|(link, _)| link).collect();
     fwd_links.dedup();
+    // Two map entries per connection.
+    let ct_entries = plan
+        .dataplane
+        .nat
+        .settings
+        .max_connections
+        .saturating_mul(2);
     netns::run_in(Some(&gw), move || async move {
-        let outcomes = attach_xdp_all(&pins, &fwd_links, XdpProgram::Fwd6, mode)?;
+        let outcomes =
+            attach_xdp_all_sized(&pins, &fwd_links, XdpProgram::Fwd6, mode, Some(ct_entries))?;
         for (link, outcome) in fwd_links.iter().zip(outcomes) {
             log_attach(link, outcome);
         }
@@ -312,14 +409,14 @@ pub fn sync(plan: &Plan, pin_root: &Path, wait: Duration) -> Result<SyncReport> 
     let plan = plan.clone();
     netns::run_in(Some(&gw), move || async move {
         let handle = netns::connect()?;
-        let mut maps = Fwd6Maps::open_pinned(&pins)?;
+        let mut maps = GatewayMaps::open_pinned(&pins)?;
         let facts = observe(&handle).await?;
         ensure_managed_neighbours(&handle, &plan, &facts).await?;
         let deadline = tokio::time::Instant::now() + wait;
-        let mut table = table_for(&plan, &observe(&handle).await?)?;
-        while !all_resolved(&table) && tokio::time::Instant::now() < deadline {
+        let mut table = GatewayTable::of(&plan, &observe(&handle).await?)?;
+        while !table.all_resolved() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            table = table_for(&plan, &observe(&handle).await?)?;
+            table = GatewayTable::of(&plan, &observe(&handle).await?)?;
         }
         maps.sync(&table)
     })
@@ -352,16 +449,27 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
                 .bind(&SocketAddr::new(0, groups))
                 .context("cannot subscribe to neighbour events")?;
             tokio::spawn(connection);
-            let mut maps = Fwd6Maps::open_pinned(&pins)?;
+            let mut maps = GatewayMaps::open_pinned(&pins)?;
+            let mut exhausted = ExhaustionLog::new(&maps.nat4);
             loop {
                 let facts = observe(&handle).await?;
                 ensure_managed_neighbours(&handle, &plan, &facts).await?;
-                let report = maps.sync(&table_for(&plan, &facts)?)?;
+                let report = maps.sync(&GatewayTable::of(&plan, &facts)?)?;
                 if report.changed() {
                     tracing::info!(?report, "forwarder maps updated");
                 }
-                if events.next().await.is_none() {
-                    bail!("the netlink event stream of {gw} ended");
+                loop {
+                    tokio::select! {
+                        event = events.next() => {
+                            if event.is_none() {
+                                bail!("the netlink event stream of {gw} ended");
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep(ExhaustionLog::EVERY) => {
+                            exhausted.check(&maps.nat4, &gw);
+                        }
+                    }
                 }
                 // Let a burst of events settle, then take them all at once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,6 +477,46 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
             }
         })
     })
+}
+
+/// Logs new connections the translator dropped for lack of public ports (the program
+/// can only count them).
+struct ExhaustionLog {
+    seen: u64,
+}
+
+impl ExhaustionLog {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn new(maps: &Nat4Maps) -> ExhaustionLog {
+        ExhaustionLog {
+            seen: Self::count(maps),
+        }
+    }
+
+    fn count(maps: &Nat4Maps) -> u64 {
+        maps.verdict_counters()
+            .ok()
+            .and_then(|all| {
+                all.into_iter()
+                    .find(|(v, _)| *v == exitd_common::nat4::Nat4Verdict::DropExhausted)
+            })
+            .map_or(0, |(_, c)| c.packets)
+    }
+
+    fn check(&mut self, maps: &Nat4Maps, gateway: &str) {
+        let now = Self::count(maps);
+        if now > self.seen {
+            tracing::warn!(
+                gateway,
+                dropped = now - self.seen,
+                total = now,
+                "NAT port exhaustion: new IPv4 connections dropped (no free public port; \
+                 widen [dataplane.nat] ports or add a public address)"
+            );
+        }
+        self.seen = now;
+    }
 }
 
 #[cfg(test)]

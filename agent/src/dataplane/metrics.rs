@@ -47,7 +47,63 @@ pub fn gather(pin_root: &Path) -> Result<String> {
             }
         }
     }
-    Ok(render_labelled(&ifaces, &verdicts, &routes))
+    let mut text = render_labelled(&ifaces, &verdicts, &routes);
+    for (namespace, pins) in &dirs {
+        if pins.map(exitd_common::nat4::CT4_MAP).exists() {
+            let maps = super::nat4::Nat4Maps::open_pinned(pins)?;
+            text.push_str(&render_nat(
+                namespace,
+                &maps.verdict_counters()?,
+                &maps.usage()?,
+            ));
+        }
+    }
+    Ok(text)
+}
+
+/// The translator's counters and port usage of one gateway namespace.
+fn render_nat(
+    ns: &str,
+    verdicts: &[(exitd_common::nat4::Nat4Verdict, Counters)],
+    usage: &super::nat4::Usage,
+) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "exitd_nat_packets_total",
+        "IPv4 translator packets by verdict (translated, dropped, or why passed to the kernel).",
+    );
+    for (v, c) in verdicts {
+        let _ = writeln!(
+            out,
+            "exitd_nat_packets_total{{namespace=\"{ns}\",verdict=\"{}\"}} {}",
+            v.name(),
+            c.packets
+        );
+    }
+    for (name, help, value) in [
+        (
+            "exitd_nat_connections",
+            "Connections the translator tracks (expired ones included until reclaimed).",
+            usage.connections,
+        ),
+        (
+            "exitd_nat_ports_in_use",
+            "Distinct public ports held by tracked connections.",
+            usage.ports_in_use,
+        ),
+        (
+            "exitd_nat_ports",
+            "Public ports the translator may hand out.",
+            usage.ports_total,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{namespace=\"{ns}\"}} {value}"
+        );
+    }
+    out
 }
 
 /// The pin directories under `pin_root`: its own (namespace "") and one per namespace that

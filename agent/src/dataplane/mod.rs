@@ -11,11 +11,13 @@ mod counters;
 pub mod fwd6;
 pub mod gateway;
 pub mod metrics;
+pub mod nat4;
+pub mod nat_cli;
 mod pins;
 
 pub use attach::{
-    AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all, attachments,
-    detach_all, detach_xdp,
+    AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all,
+    attach_xdp_all_sized, attachments, detach_all, detach_xdp,
 };
 pub use counters::{IfaceCounters, read_iface_counters};
 pub use pins::PinDir;

@@ -1,6 +1,13 @@
-//! IPv4 NAT of the gateway as an nftables table `ip exitd`, replaced atomically when the
-//! plan's NAT changes. Kernel nftables stands in until the eBPF SNAT lands; the plan's
-//! `dataplane.nat` entries are the same ones the data plane will use.
+//! The kernel's part of the gateway's IPv4 NAT, as an nftables table `ip exitd` replaced
+//! atomically when the plan's NAT changes.
+//!
+//! With the eBPF translator on (`NatPlan::ebpf`), the kernel only sees what XDP hands to it
+//! (fragments, IP options, connections XDP has no state for) and translates those with its
+//! own port range (`kernel_ports`), disjoint from the translator's, so the two never pick
+//! the same public port. With it off, the kernel does all of it. Either way the forward
+//! chain keeps tenants apart: nothing is routed into a tenant's network except from that
+//! tenant's own link, as a port forward or as the reply of a connection that got past this
+//! rule when it started.
 
 use crate::plan::NatPlan;
 use anyhow::{Context, Result, bail};
@@ -19,16 +26,27 @@ pub fn ruleset(nat: &NatPlan) -> Option<String> {
         return None;
     }
     let out = &nat.out_link;
+    // Ports only exist for TCP and UDP; other protocols keep the plain rule.
+    let ports = nat.ebpf.then(|| {
+        format!(
+            "meta l4proto {{ tcp, udp }} snat to {public}:{}",
+            nat.settings.kernel_ports
+        )
+    });
     let mut body = String::new();
+    body.push_str(&isolation_sets(nat));
     let _ = writeln!(
         body,
         "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;"
     );
     for s in &nat.snat {
+        if let Some(ports) = &ports {
+            let _ = writeln!(body, "    oifname \"{out}\" ip saddr {} {ports}", s.source);
+        }
         let _ = writeln!(
             body,
-            "    oifname \"{out}\" ip saddr {} snat to {}",
-            s.source, s.to
+            "    oifname \"{out}\" ip saddr {} snat to {public}",
+            s.source
         );
     }
     let _ = writeln!(
@@ -45,10 +63,36 @@ pub fn ruleset(nat: &NatPlan) -> Option<String> {
         );
     }
     body.push_str("  }\n");
+    if !nat.snat.is_empty() {
+        body.push_str(
+            "  chain forward {\n    type filter hook forward priority filter; policy accept;\n    \
+             ct state established,related accept\n    ct status dnat accept\n    \
+             ip daddr @tenant_nets iifname . ip daddr != @tenant_links counter drop comment \"tenant isolation\"\n  }\n",
+        );
+    }
     let hash = fnv1a(&body);
     Some(format!(
         "table ip {TABLE} {{\n  comment \"exitd plan {hash:016x}\"\n{body}}}\n"
     ))
+}
+
+/// Every tenant network, and each one with the link it lies behind.
+fn isolation_sets(nat: &NatPlan) -> String {
+    if nat.snat.is_empty() {
+        return String::new();
+    }
+    let nets: Vec<String> = nat.snat.iter().map(|s| s.source.to_string()).collect();
+    let links: Vec<String> = nat
+        .snat
+        .iter()
+        .map(|s| format!("\"{}\" . {}", s.link, s.source))
+        .collect();
+    format!(
+        "  set tenant_nets {{\n    type ipv4_addr; flags interval;\n    elements = {{ {} }}\n  }}\n  \
+         set tenant_links {{\n    type ifname . ipv4_addr; flags interval;\n    elements = {{ {} }}\n  }}\n",
+        nets.join(", "),
+        links.join(", ")
+    )
 }
 
 /// A stable hash of the rules, kept in the table's comment to see whether it is current.

@@ -102,8 +102,12 @@ pub fn plan_for(config: &Config) -> Result<Plan> {
     let plan = plan_of(network)?;
     let gateway = plan.dataplane.namespace.clone();
     let (settings, nat) = crate::registry::gateway_items::resolve(config, &gateway)?;
-    super::settings::apply(plan, &settings, &nat)
-        .with_context(|| format!("registry settings of gateway {gateway}"))
+    let mut plan = super::settings::apply(plan, &settings, &nat)
+        .with_context(|| format!("registry settings of gateway {gateway}"))?;
+    // The translator runs where the XDP forwarder runs; otherwise the kernel NATs alone.
+    plan.dataplane.nat.ebpf = config.dataplane.forward && plan.dataplane.xdp_forward;
+    plan.dataplane.nat.settings = config.dataplane.nat.clone();
+    Ok(plan)
 }
 
 /// Derives the plan, with the input named in the error.

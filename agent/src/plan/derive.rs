@@ -297,8 +297,11 @@ fn dataplane_plan(
             if let Some(to) = public {
                 snat.push(SnatEntry {
                     tenant: tenant.name.clone(),
+                    tenant_id: u32::from(ep_nib.value()),
                     source: n::nr_ip4_net(Nibble::of(&resource.prefix)),
                     to,
+                    link: n::gw_to_ep_name(ep_nib, a),
+                    next_hop: n::ep_pub_ip4(ep_nib).addr(),
                 });
             }
         }
@@ -324,6 +327,9 @@ fn dataplane_plan(
             out_link: uplink,
             snat,
             port_forwards,
+            upstream_ipv4: config.upstream_ipv4,
+            ebpf: true,
+            settings: NatSettings::default(),
         },
     }
 }

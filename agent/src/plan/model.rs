@@ -3,7 +3,7 @@
 
 use super::input::Protocol;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
@@ -154,13 +154,126 @@ pub struct NatPlan {
     pub out_link: String,
     pub snat: Vec<SnatEntry>,
     pub port_forwards: Vec<PortForwardEntry>,
+    /// The upstream router's IPv4: where translated packets go.
+    pub upstream_ipv4: Option<Ipv4Addr>,
+    /// Translate in eBPF (XDP on the gateway's links). The kernel's NAT then only carries
+    /// what XDP hands to it (fragments, IP options, …) with `settings.kernel_ports`.
+    pub ebpf: bool,
+    pub settings: NatSettings,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SnatEntry {
     pub tenant: String,
+    /// The tenant's number on this gateway (its ExitPoint's nibble): the translator drops
+    /// packets between networks of different tenants.
+    pub tenant_id: u32,
     pub source: Ipv4Net,
     pub to: Ipv4Addr,
+    /// The gateway link the network is behind and the next hop on it (the ExitPoint).
+    pub link: String,
+    pub next_hop: Ipv4Addr,
+}
+
+/// The translator's settings (`[dataplane.nat]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSettings {
+    /// Public ports the eBPF translator hands out, `"first-last"`.
+    pub ports: PortRange,
+    /// Public ports the kernel's fallback NAT uses; must not overlap `ports`.
+    pub kernel_ports: PortRange,
+    /// Connections the translator tracks (two map entries each); the least recently used
+    /// is evicted beyond that. Takes effect when the maps are created.
+    pub max_connections: u32,
+    /// Idle timeouts, seconds (RFC 5382: established TCP ≥ 2 h 4 min; RFC 4787: UDP ≥ 2 min).
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for NatSettings {
+    fn default() -> NatSettings {
+        NatSettings {
+            ports: PortRange(1024, 60999),
+            kernel_ports: PortRange(61000, 65535),
+            max_connections: 1_000_000,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            udp: 300,
+            icmp: 60,
+        }
+    }
+}
+
+impl NatSettings {
+    /// Checks ranges, sizes and timeouts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let (p, k) = (self.ports, self.kernel_ports);
+        if p.0 > k.1 || k.0 > p.1 {
+            // disjoint
+        } else {
+            anyhow::bail!("dataplane.nat: ports {p} and kernel_ports {k} overlap");
+        }
+        if !(1..=16_000_000).contains(&self.max_connections) {
+            anyhow::bail!("dataplane.nat.max_connections must be 1..=16000000");
+        }
+        for (name, secs) in [
+            ("tcp_established", self.tcp_established),
+            ("tcp_transitory", self.tcp_transitory),
+            ("udp", self.udp),
+            ("icmp", self.icmp),
+        ] {
+            if secs == 0 {
+                anyhow::bail!("dataplane.nat.{name} must be at least 1 second");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An inclusive port range, written `"1024-60999"` (or a single port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{x:?} is not a port (1-65535)"))
+        };
+        let (first, last) = (parse(a)?, parse(b)?);
+        if first > last {
+            return Err(format!("port range {s:?} runs backwards"));
+        }
+        Ok(PortRange(first, last))
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PortRange, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

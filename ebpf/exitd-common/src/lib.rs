@@ -40,7 +40,16 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above: #[repr(C)] plain data without padding (24 bytes, 4-aligned).
     unsafe impl aya::Pod for super::Route6 {}
+    // SAFETY: the NAT types below are #[repr(C)] plain data with explicit padding fields.
+    unsafe impl aya::Pod for super::nat4::Route4 {}
+    unsafe impl aya::Pod for super::nat4::Nat4Config {}
+    unsafe impl aya::Pod for super::nat4::CtKey {}
+    unsafe impl aya::Pod for super::nat4::CtEntry {}
+    unsafe impl aya::Pod for super::nat4::PortFwdKey {}
+    unsafe impl aya::Pod for super::nat4::PortFwdTarget {}
 }
+
+pub mod nat4;
 
 /// Map names of the IPv6 forwarder (also their pin file names).
 pub const ROUTES6_MAP: &str = "ROUTES6";

@@ -33,7 +33,7 @@ static LOCAL6: HashMap<[u8; 16], u32, { MAX_LOCAL6 as usize }> = HashMap::new();
 
 /// Egress interfaces, keyed by ifindex, for bpf_redirect_map.
 #[btf_map]
-static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+pub(crate) static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
 
 /// Packets and bytes per verdict reason, per CPU.
 #[btf_map]
@@ -45,6 +45,12 @@ static ROUTE_STATS: PerCpuArray<Counters, { MAX_ROUTE_IDS as usize }> = PerCpuAr
 
 #[xdp]
 pub fn xdp_fwd6(ctx: XdpContext) -> u32 {
+    // IPv4 belongs to the translator when one is configured.
+    if net::ether_type(&ctx) == Some(net::ETH_P_IP) {
+        if let Some(action) = crate::nat4::xdp_nat4(&ctx) {
+            return action;
+        }
+    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (verdict, action) = match try_fwd6(&ctx) {
         Ok(forwarded) => forwarded,
@@ -167,7 +173,7 @@ fn lookup(dst: &[u8; 16]) -> Result<Route6, Verdict> {
 
 /// Adds one packet of `len` bytes to slot `index` of a per-CPU counter array.
 #[inline(always)]
-fn count<const N: usize>(map: &PerCpuArray<Counters, N>, index: u32, len: u64) {
+pub(crate) fn count<const N: usize>(map: &PerCpuArray<Counters, N>, index: u32, len: u64) {
     if let Some(counters) = map.get_ptr_mut(index) {
         // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
         unsafe {

@@ -6,6 +6,7 @@
 mod bench;
 mod counter;
 mod fwd6;
+mod nat4;
 mod net;
 
 #[cfg(not(test))]

@@ -47,3 +47,100 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// IPv4 header without options (the translator leaves packets with options to the kernel).
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    /// Kept as stored: checksums are updated on the raw 16-bit words.
+    pub check: u16,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    pub const LEN: usize = 20;
+}
+
+/// The first 8 bytes of TCP, UDP and ICMP headers are what the translator reads: ports (or
+/// the ICMP type, code and echo identifier) and, for UDP and ICMP, the checksum.
+#[repr(C)]
+pub struct L4Head {
+    pub word0: u16,
+    pub word1: u16,
+    pub word2: u16,
+    pub word3: u16,
+}
+
+/// Offset of the checksum in a TCP header; the flags byte is at 13.
+pub const TCP_CSUM_OFF: usize = 16;
+pub const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_HDR_LEN: usize = 20;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// Reads the EtherType of the frame, or None when the frame is shorter than a header.
+#[inline(always)]
+pub fn ether_type(ctx: &XdpContext) -> Option<u16> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    Some(u16::from_be(unsafe { (*eth).ether_type }))
+}
+
+/// Incremental Internet checksum update (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+/// Words are taken exactly as stored in the packet: one's-complement sums do not depend on
+/// byte order as long as every word is read the same way.
+#[derive(Clone, Copy)]
+pub struct CsumDelta(u32);
+
+impl CsumDelta {
+    #[inline(always)]
+    pub const fn new() -> CsumDelta {
+        CsumDelta(0)
+    }
+
+    #[inline(always)]
+    pub const fn word(self, old: u16, new: u16) -> CsumDelta {
+        CsumDelta(self.0 + (!old) as u32 + new as u32)
+    }
+
+    #[inline(always)]
+    pub const fn addr(self, old: [u8; 4], new: [u8; 4]) -> CsumDelta {
+        self.word(
+            u16::from_ne_bytes([old[0], old[1]]),
+            u16::from_ne_bytes([new[0], new[1]]),
+        )
+        .word(
+            u16::from_ne_bytes([old[2], old[3]]),
+            u16::from_ne_bytes([new[2], new[3]]),
+        )
+    }
+
+    /// The checksum field after the recorded changes.
+    #[inline(always)]
+    pub const fn apply(self, check: u16) -> u16 {
+        let mut sum = (!check) as u32 + self.0;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        !(sum as u16)
+    }
+}

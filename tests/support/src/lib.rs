@@ -8,6 +8,7 @@ pub mod cluster_lab;
 pub mod etcd;
 pub mod netns;
 pub mod packet;
+pub mod packet4;
 pub mod pins;
 pub mod process;
 pub mod proxy;
@@ -18,7 +19,7 @@ pub use etcd::Etcd;
 pub use netns::{NetNs, veth_pair};
 pub use pins::TestPins;
 pub use tempfile::TempFile;
-pub use testrun::{XdpRun, run_xdp};
+pub use testrun::{XdpRun, run_xdp, run_xdp_on};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -56,4 +57,16 @@ pub fn poll_until<T>(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, for writing map
+/// entries with timestamps as a program would.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

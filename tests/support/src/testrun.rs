@@ -36,3 +36,29 @@ pub fn run_xdp(program: &Xdp, packet: &[u8]) -> Result<XdpRun> {
         packet: out,
     })
 }
+
+/// Like [`run_xdp`], with the packet arriving on `ingress_ifindex` (an interface of the
+/// calling thread's namespace), as programs that check where a packet came from need.
+pub fn run_xdp_on(program: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<XdpRun> {
+    let mut out = vec![0u8; packet.len() + 512];
+    let ctx = xdp_md(packet.len(), ingress_ifindex);
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(XdpRun {
+        verdict: result.return_value,
+        packet: out,
+    })
+}
+
+/// A `struct xdp_md` for a test run: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex (the kernel requires data_end = the packet's length).
+pub fn xdp_md(packet_len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    [0u32, packet_len as u32, 0, ingress_ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
