@@ -48,7 +48,7 @@ pub fn gather(pin_root: &Path) -> Result<String> {
         }
     }
     let mut text = render_labelled(&ifaces, &verdicts, &routes);
-    for (namespace, pins) in &dirs {
+    for (namespace, pins) in &pin_dirs(pin_root) {
         if pins.map(exitd_common::nat4::CT4_MAP).exists() {
             let maps = super::nat4::Nat4Maps::open_pinned(pins)?;
             text.push_str(&render_nat(
