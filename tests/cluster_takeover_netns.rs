@@ -99,6 +99,7 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
     let mut lab = lab(&etcd, 3);
     let owner = settled(&lab, &endpoint);
 
+    let announcement = lab.capture_announcement(Duration::from_secs(20));
     lab.kill(owner).unwrap();
     let took = lab.until_ping(Duration::from_secs(30), |lab| {
         single_forwarder(lab);
@@ -110,6 +111,27 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
         )
     });
     eprintln!("traffic restored {took:?} after kill -9 of the owner (TTL {TTL} s)");
+    // The new owner announced GWPubLL with an unsolicited NA from its uplink, and the
+    // upstream router's neighbour entry now points at that uplink.
+    let forwarder = lab.forwarding();
+    let new_mac = lab
+        .nodes
+        .iter()
+        .find(|n| forwarder.contains(&n.name))
+        .and_then(|n| n.uplink_mac());
+    assert!(new_mac.is_some(), "no forwarder after the takeover");
+    let announced = announcement.join().unwrap();
+    assert_eq!(
+        announced, new_mac,
+        "the unsolicited NA came from the new owner"
+    );
+    let neighbour = lab.upstream_neighbour();
+    assert!(
+        new_mac
+            .as_ref()
+            .is_some_and(|mac| neighbour.contains(mac.as_str())),
+        "upstream neighbour {neighbour:?} is not the new owner's {new_mac:?}"
+    );
     let next = settled(&lab, &endpoint);
     assert_ne!(next, owner, "a living node took over");
     assert!(!lab.nodes[owner].forwarding(), "the dead node is fenced");
