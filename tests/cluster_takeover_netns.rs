@@ -99,7 +99,7 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
     let mut lab = lab(&etcd, 3);
     let owner = settled(&lab, &endpoint);
 
-    let announcement = lab.capture_announcement(Duration::from_secs(20));
+    let announcements = lab.capture_announcements(Duration::from_secs(20));
     lab.kill(owner).unwrap();
     let took = lab.until_ping(Duration::from_secs(30), |lab| {
         single_forwarder(lab);
@@ -111,7 +111,8 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
         )
     });
     eprintln!("traffic restored {took:?} after kill -9 of the owner (TTL {TTL} s)");
-    // The new owner announced GWPubLL with an unsolicited NA from its uplink, and the
+    // The new owner announced GWPubLL with an unsolicited NA and GWPubIP4 with gratuitous
+    // ARP from its uplink, and the
     // upstream router's neighbour entry now points at that uplink.
     let forwarder = lab.forwarding();
     let new_mac = lab
@@ -120,11 +121,9 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
         .find(|n| forwarder.contains(&n.name))
         .and_then(|n| n.uplink_mac());
     assert!(new_mac.is_some(), "no forwarder after the takeover");
-    let announced = announcement.join().unwrap();
-    assert_eq!(
-        announced, new_mac,
-        "the unsolicited NA came from the new owner"
-    );
+    let (na, arp) = announcements.join().unwrap();
+    assert_eq!(na, new_mac, "the unsolicited NA came from the new owner");
+    assert_eq!(arp, new_mac, "the gratuitous ARP came from the new owner");
     let neighbour = lab.upstream_neighbour();
     assert!(
         new_mac

@@ -25,6 +25,8 @@ use std::{
 
 /// The ExitPoint address the upstream namespace pings.
 pub const EXITPOINT: &str = "2a02:1802:5e:1abc::1";
+/// The gateway's public IPv4 (GWPubIP4), announced with gratuitous ARP on takeover.
+pub const GATEWAY_IP4: &str = "192.0.2.10";
 /// GWPubLL of exit node 1, the upstream routes' next hop.
 pub const GATEWAY_LL: &str = "fe80::1000:0:0:1";
 /// GWPubIP6 of exit node 1: present on exactly the forwarding node's uplink.
@@ -179,7 +181,7 @@ impl Lab {
         let text = format!(
             "[dataplane]\npin_dir = {pins:?}\n[admin]\nenabled = false\n\
              [network]\nallocation = \"2a02:1802:5e::/48\"\nexit_node = 1\nalloc_nr = {alloc_nr}\n\
-             uplink = \"{uplink}\"\nnamespace_prefix = \"{prefix}\"\nkey_dir = {keys:?}\n\
+             uplink = \"{uplink}\"\ngateway_ipv4 = \"{GATEWAY_IP4}/24\"\nnamespace_prefix = \"{prefix}\"\nkey_dir = {keys:?}\n\
              wireguard = \"userspace\"\nstate_dir = {state:?}\n\
              [[network.tenants]]\nname = \"alice\"\n[[network.tenants.resources]]\n\
              node = \"exit\"\nprefix = \"2a02:1802:5e:1abc::/64\"\nexitpoint = true\n\
@@ -288,32 +290,47 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    /// Captures on the upstream bridge, in the background, until `timeout` passes or an
-    /// unsolicited neighbour advertisement (ICMPv6 136, override set, solicited clear, to
-    /// ff02::1) for GWPubLL arrives; returns the MAC that sent it.
-    pub fn capture_announcement(
+    /// Captures on the upstream bridge, in the background, until `timeout` passes or both
+    /// announcements of a takeover arrived: an unsolicited neighbour advertisement (ICMPv6
+    /// 136, override set, solicited clear, to ff02::1) for GWPubLL and a gratuitous ARP for
+    /// GWPubIP4; returns the MACs that sent them (NA, ARP).
+    pub fn capture_announcements(
         &self,
         timeout: Duration,
-    ) -> std::thread::JoinHandle<Option<String>> {
+    ) -> std::thread::JoinHandle<(Option<String>, Option<String>)> {
         let ns = std::fs::File::open(self.upstream.path());
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
+            let (mut na, mut arp) = (None, None);
             // SAFETY: setns on this thread only, with a valid namespace fd.
-            if unsafe { libc::setns(ns.ok()?.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return None;
-            }
-            let target: std::net::Ipv6Addr = GATEWAY_LL.parse().ok()?;
+            let entered =
+                ns.is_ok_and(|ns| unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 });
+            let (Some(socket), true) = (RawCapture::open(), entered) else {
+                return (na, arp);
+            };
+            let ll: std::net::Ipv6Addr = GATEWAY_LL
+                .parse()
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+            let ip4: std::net::Ipv4Addr = GATEWAY_IP4
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
             let deadline = Instant::now() + timeout;
-            let socket = RawCapture::open()?;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && (na.is_none() || arp.is_none()) {
                 let Some(frame) = socket.next() else { continue };
-                if is_unsolicited_na(&frame, &target) {
-                    let mac: Vec<String> =
-                        frame[6..12].iter().map(|b| format!("{b:02x}")).collect();
-                    return Some(mac.join(":"));
+                let sender = || {
+                    frame[6..12]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                };
+                if is_unsolicited_na(&frame, &ll) {
+                    na = Some(sender());
+                } else if is_gratuitous_arp(&frame, &ip4) {
+                    arp = Some(sender());
                 }
             }
-            None
+            (na, arp)
         })
     }
 
@@ -401,6 +418,15 @@ fn is_unsolicited_na(frame: &[u8], target: &std::net::Ipv6Addr) -> bool {
         && frame[54] == 136
         && frame[58] & 0x60 == 0x20
         && frame[62..78] == target.octets()
+}
+
+/// A gratuitous ARP for `ip`: broadcast, sender and target protocol address both `ip`.
+fn is_gratuitous_arp(frame: &[u8], ip: &std::net::Ipv4Addr) -> bool {
+    frame.len() >= 14 + 28
+        && frame[..6] == [0xff; 6]
+        && frame[12..14] == [0x08, 0x06]
+        && frame[28..32] == ip.octets()
+        && frame[38..42] == ip.octets()
 }
 
 /// A packet socket receiving every frame of the namespace, with a short read timeout.
