@@ -5,9 +5,9 @@
 //! At every poll the tests check the nodes' own view — which gateway namespaces carry the
 //! gateway's address — and fail at once if two nodes forward for the gateway.
 
-use exitd::cluster::{ClusterConfig, ownership::read_owners};
+use exitd::cluster::{ClusterConfig, GatewayState, state::read_gateways};
 use exitd_testkit::{Etcd, cluster_lab::Lab, poll_until, require_root};
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{sync::Mutex, time::Duration};
 
 const EXITD: &str = env!("CARGO_BIN_EXE_exitd");
 const TTL: u64 = 2;
@@ -24,18 +24,29 @@ fn observer(endpoint: &str) -> ClusterConfig {
     .unwrap()
 }
 
-/// Gateway 1's owner as etcd has it.
-fn etcd_owner(endpoint: &str) -> Option<String> {
+/// Gateway 1's owner and state as etcd has them.
+fn etcd_gateway(endpoint: &str) -> (Option<String>, GatewayState) {
     let config = observer(endpoint);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let owners: BTreeMap<u8, (String, i64)> = runtime.block_on(async {
+    let view = runtime.block_on(async {
         let mut client = config.connect().await.ok()?;
-        read_owners(&mut client, &config).await.ok()
-    })?;
-    owners.get(&1).map(|(node, _)| node.clone())
+        read_gateways(&mut client, &config).await.ok()
+    });
+    let Some(view) = view else {
+        return (None, GatewayState::Offline);
+    };
+    (
+        view.owners.get(&1).map(|(n, _)| n.clone()),
+        view.state_of(1),
+    )
+}
+
+/// Gateway 1's owner as etcd has it.
+fn etcd_owner(endpoint: &str) -> Option<String> {
+    etcd_gateway(endpoint).0
 }
 
 /// Fails if two nodes forward at once; returns the one forwarding, if any.
@@ -50,9 +61,11 @@ fn single_forwarder(lab: &Lab) -> Option<String> {
 
 /// Waits until one node forwards, etcd agrees, and traffic flows; returns that node's index.
 fn settled(lab: &Lab, endpoint: &str) -> usize {
+    // Settled means: one node forwards, etcd names it and its state is "online".
     let owner = poll_until(BOUND, || {
         let forwarder = single_forwarder(lab)?;
-        (etcd_owner(endpoint).as_deref() == Some(&forwarder)).then_some(forwarder)
+        let online = (Some(forwarder.clone()), GatewayState::Online);
+        (etcd_gateway(endpoint) == online).then_some(forwarder)
     })
     .unwrap_or_else(|| {
         let logs: Vec<String> = lab.nodes.iter().map(|n| n.log()).collect();
@@ -86,6 +99,7 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
     let mut lab = lab(&etcd, 3);
     let owner = settled(&lab, &endpoint);
 
+    let announcements = lab.capture_announcements(Duration::from_secs(20));
     lab.kill(owner).unwrap();
     let took = lab.until_ping(Duration::from_secs(30), |lab| {
         single_forwarder(lab);
@@ -97,6 +111,26 @@ fn killing_the_owner_moves_the_gateway_and_traffic_flows_again() {
         )
     });
     eprintln!("traffic restored {took:?} after kill -9 of the owner (TTL {TTL} s)");
+    // The new owner announced GWPubLL with an unsolicited NA and GWPubIP4 with gratuitous
+    // ARP from its uplink, and the
+    // upstream router's neighbour entry now points at that uplink.
+    let forwarder = lab.forwarding();
+    let new_mac = lab
+        .nodes
+        .iter()
+        .find(|n| forwarder.contains(&n.name))
+        .and_then(|n| n.uplink_mac());
+    assert!(new_mac.is_some(), "no forwarder after the takeover");
+    let (na, arp) = announcements.join().unwrap();
+    assert_eq!(na, new_mac, "the unsolicited NA came from the new owner");
+    assert_eq!(arp, new_mac, "the gratuitous ARP came from the new owner");
+    let neighbour = lab.upstream_neighbour();
+    assert!(
+        new_mac
+            .as_ref()
+            .is_some_and(|mac| neighbour.contains(mac.as_str())),
+        "upstream neighbour {neighbour:?} is not the new owner's {new_mac:?}"
+    );
     let next = settled(&lab, &endpoint);
     assert_ne!(next, owner, "a living node took over");
     assert!(!lab.nodes[owner].forwarding(), "the dead node is fenced");

@@ -190,7 +190,7 @@ fn concentrator_config(dir: &Path, etcd: &Etcd, ns: &str, wg: &str, lease_ttl: u
          [concentrator]\nname = \"c7\"\nid = 7\npop = \"vie01\"\n\
          endpoint = \"[2001:db8:ffff::7]:40007\"\ninterface = \"{wg}\"\nnamespace = \"{ns}\"\n\
          wireguard = \"userspace\"\nprivate_key_file = {:?}\nstate_dir = {:?}\n\
-         stale_timeout = 60\ninitial_handshake_grace = 3\ncheck_interval = 1\n\
+         stale_timeout = 60\ninitial_handshake_grace = 5\ncheck_interval = 1\n\
          [concentrator.etcd]\nendpoints = [\"{}\"]\nprefix = \"/exitd/t/parker/\"\nlease_ttl = {lease_ttl}\n",
         dir.join("concentrator.key"),
         dir.join("state"),
@@ -410,7 +410,7 @@ fn connected_peers(etcd: &Etcd) -> Option<i64> {
 /// A real node: its own boringtun in its own namespace, reaching the concentrator's endpoint
 /// over a veth, with the key it asked the broker about. It shakes hands, the concentrator
 /// publishes `connected_peers` = 1 in etcd and keeps the peer well past the handshake grace
-/// (3 s here) that removes nodes which never shake hands.
+/// (5 s here) that removes nodes which never shake hands.
 #[test]
 fn a_node_that_shakes_hands_is_counted_and_kept() {
     use wireguard_control::{DeviceUpdate, Key, PeerConfigBuilder};
@@ -482,12 +482,12 @@ fn a_node_that_shakes_hands_is_counted_and_kept() {
         "connected_peers never reached 1: {:?}",
         lab.concentrator.log
     );
-    // Past the grace (3 s) and a few checks: a node that shook hands stays.
+    // Past the grace (5 s) and a few checks: a node that shook hands stays.
     let since = std::time::Instant::now();
     let kept = exitd_testkit::poll_until(std::time::Duration::from_secs(30), || {
         let present = peer_allowed_ips(&lab.state, &lab.wg, &node).is_some();
         assert!(present, "the connected node's peer was removed");
-        (since.elapsed() > std::time::Duration::from_secs(6)).then_some(())
+        (since.elapsed() > std::time::Duration::from_secs(8)).then_some(())
     });
     let _ = node_wg.kill();
     let _ = node_wg.wait();

@@ -25,6 +25,10 @@ use std::{
 
 /// The ExitPoint address the upstream namespace pings.
 pub const EXITPOINT: &str = "2a02:1802:5e:1abc::1";
+/// The gateway's public IPv4 (GWPubIP4), announced with gratuitous ARP on takeover.
+pub const GATEWAY_IP4: &str = "192.0.2.10";
+/// GWPubLL of exit node 1, the upstream routes' next hop.
+pub const GATEWAY_LL: &str = "fe80::1000:0:0:1";
 /// GWPubIP6 of exit node 1: present on exactly the forwarding node's uplink.
 pub const GATEWAY_IP6: &str = "2a02:1802:5e:0:1000::1";
 
@@ -71,6 +75,19 @@ impl LabNode {
             .args(["-n", &ns, "-6", "-o", "addr", "show", "dev", &uplink])
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(GATEWAY_IP6))
+    }
+
+    /// The MAC of the node's uplink (in its gateway namespace), lowercase `aa:bb:…`.
+    pub fn uplink_mac(&self) -> Option<String> {
+        let (ns, uplink) = self.gateway();
+        let out = Command::new("ip")
+            .args(["-n", &ns, "-o", "link", "show", "dev", &uplink])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "link/ether")?;
+        words.next().map(str::to_string)
     }
 
     pub fn running(&mut self) -> bool {
@@ -164,7 +181,7 @@ impl Lab {
         let text = format!(
             "[dataplane]\npin_dir = {pins:?}\n[admin]\nenabled = false\n\
              [network]\nallocation = \"2a02:1802:5e::/48\"\nexit_node = 1\nalloc_nr = {alloc_nr}\n\
-             uplink = \"{uplink}\"\nnamespace_prefix = \"{prefix}\"\nkey_dir = {keys:?}\n\
+             uplink = \"{uplink}\"\ngateway_ipv4 = \"{GATEWAY_IP4}/24\"\nnamespace_prefix = \"{prefix}\"\nkey_dir = {keys:?}\n\
              wireguard = \"userspace\"\nstate_dir = {state:?}\n\
              [[network.tenants]]\nname = \"alice\"\n[[network.tenants.resources]]\n\
              node = \"exit\"\nprefix = \"2a02:1802:5e:1abc::/64\"\nexitpoint = true\n\
@@ -262,6 +279,61 @@ impl Lab {
             .collect()
     }
 
+    /// The upstream router's neighbour entry for the gateway's link-local (GWPubLL of exit
+    /// node 1), as `ip -6 neigh` prints it.
+    pub fn upstream_neighbour(&self) -> String {
+        self.upstream
+            .command("ip")
+            .args(["-6", "neigh", "show", GATEWAY_LL, "dev", "br0"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Captures on the upstream bridge, in the background, until `timeout` passes or both
+    /// announcements of a takeover arrived: an unsolicited neighbour advertisement (ICMPv6
+    /// 136, override set, solicited clear, to ff02::1) for GWPubLL and a gratuitous ARP for
+    /// GWPubIP4; returns the MACs that sent them (NA, ARP).
+    pub fn capture_announcements(
+        &self,
+        timeout: Duration,
+    ) -> std::thread::JoinHandle<(Option<String>, Option<String>)> {
+        let ns = std::fs::File::open(self.upstream.path());
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let (mut na, mut arp) = (None, None);
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let entered =
+                ns.is_ok_and(|ns| unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 });
+            let (Some(socket), true) = (RawCapture::open(), entered) else {
+                return (na, arp);
+            };
+            let ll: std::net::Ipv6Addr = GATEWAY_LL
+                .parse()
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+            let ip4: std::net::Ipv4Addr = GATEWAY_IP4
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline && (na.is_none() || arp.is_none()) {
+                let Some(frame) = socket.next() else { continue };
+                let sender = || {
+                    frame[6..12]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                };
+                if is_unsolicited_na(&frame, &ll) {
+                    na = Some(sender());
+                } else if is_gratuitous_arp(&frame, &ip4) {
+                    arp = Some(sender());
+                }
+            }
+            (na, arp)
+        })
+    }
+
     /// One echo request from upstream to the ExitPoint, answered within `wait`.
     pub fn ping(&self, wait: Duration) -> bool {
         let wait = format!("{:.2}", wait.as_secs_f64());
@@ -334,5 +406,73 @@ fn delete_namespaces(prefix: &str) {
         if name.starts_with(prefix) {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
         }
+    }
+}
+
+/// An unsolicited NA for `target`: to 33:33:00:00:00:01, ICMPv6 type 136, S clear, O set.
+fn is_unsolicited_na(frame: &[u8], target: &std::net::Ipv6Addr) -> bool {
+    frame.len() >= 14 + 40 + 24
+        && frame[..6] == [0x33, 0x33, 0, 0, 0, 1]
+        && frame[12..14] == [0x86, 0xdd]
+        && frame[14 + 6] == 58
+        && frame[54] == 136
+        && frame[58] & 0x60 == 0x20
+        && frame[62..78] == target.octets()
+}
+
+/// A gratuitous ARP for `ip`: broadcast, sender and target protocol address both `ip`.
+fn is_gratuitous_arp(frame: &[u8], ip: &std::net::Ipv4Addr) -> bool {
+    frame.len() >= 14 + 28
+        && frame[..6] == [0xff; 6]
+        && frame[12..14] == [0x08, 0x06]
+        && frame[28..32] == ip.octets()
+        && frame[38..42] == ip.octets()
+}
+
+/// A packet socket receiving every frame of the namespace, with a short read timeout.
+struct RawCapture(std::os::fd::OwnedFd);
+
+impl RawCapture {
+    fn open() -> Option<RawCapture> {
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just opened and is ours.
+        let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid fd and option value of the stated size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Some(RawCapture(fd))
+    }
+
+    /// The next frame, or None after the read timeout.
+    fn next(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: valid fd and buffer.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        buf.truncate(n);
+        Some(buf)
     }
 }

@@ -389,19 +389,8 @@ impl Role {
         }
     }
 
-    /// Meant for this concentrator, and recent enough that the node may still be there.
     fn wanted(&self, announcement: &Announcement) -> bool {
-        let horizon = self
-            .section
-            .stale_timeout
-            .max(self.section.initial_handshake_grace);
-        let fresh = unix_now().saturating_sub(announcement.announced) <= horizon;
-        let ours = !self.section.only_selected
-            || announcement
-                .selected
-                .iter()
-                .any(|s| s == self.section.name());
-        fresh && ours
+        is_wanted(&self.section, announcement, unix_now())
     }
 
     async fn remove(&mut self, pubkey: &str, peer: Managed) {
@@ -458,6 +447,15 @@ impl Role {
     }
 }
 
+/// Meant for this concentrator (any node, or with `only_selected` those whose broker chose
+/// it), and recent enough (unix seconds `now`) that the node may still be there.
+fn is_wanted(section: &ConcentratorSection, announcement: &Announcement, now: u64) -> bool {
+    let horizon = section.stale_timeout.max(section.initial_handshake_grace);
+    let fresh = now.saturating_sub(announcement.announced) <= horizon;
+    let ours = !section.only_selected || announcement.selected.iter().any(|s| s == section.name());
+    fresh && ours
+}
+
 /// wgkex's rule, with a fresh announcement counting like a handshake: a peer that shook hands
 /// is stale when both its handshake and its announcement are older than `stale_timeout`; one
 /// that never did, when its announcement is older than `grace`.
@@ -511,6 +509,27 @@ mod tests {
             !stale(Some(s(4000)), s(5), timeout, grace),
             "announced again: the node is back"
         );
+    }
+
+    #[test]
+    fn wanted_announcements_are_fresh_and_with_only_selected_ours() {
+        let text = "name = \"c1\"\nid = 1\nendpoint = \"gw:1\"\n";
+        let mut section: ConcentratorSection = toml::from_str(text).unwrap();
+        let announcement = |selected: &[&str], announced| Announcement {
+            prefix: "2001:db8::/63".parse().unwrap(),
+            selected: selected.iter().map(|s| s.to_string()).collect(),
+            announced,
+        };
+        let now = 10_000;
+        assert!(is_wanted(&section, &announcement(&[], now), now));
+        assert!(is_wanted(&section, &announcement(&["c2"], now - 600), now));
+        assert!(
+            !is_wanted(&section, &announcement(&[], now - 601), now),
+            "too old"
+        );
+        section.only_selected = true;
+        assert!(!is_wanted(&section, &announcement(&["c2"], now), now));
+        assert!(is_wanted(&section, &announcement(&["c2", "c1"], now), now));
     }
 
     #[test]
