@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod iface;
+pub mod logging;
 pub mod netlink;
 pub mod notify;
 pub mod parker;
