@@ -35,7 +35,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build a namespace topology, attach exitd and show live counters; cleans up after.
+    /// Run a two-node exitd cluster in namespaces with a local etcd: XDP forwarding, a Parker
+    /// node verifying its signed config, and a failover after killing the owner; cleans up.
     Demo {
         /// How long to show live traffic.
         #[arg(long, default_value_t = 10)]
