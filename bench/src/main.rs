@@ -2,6 +2,7 @@
 //! it as root; it prints a summary and writes JSON to the path given with `--out`.
 
 mod dataplane;
+mod nat;
 mod stats;
 
 use anyhow::{Result, bail};
@@ -11,11 +12,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (name, out) = match args.as_slice() {
         [name, flag, out] if flag == "--out" => (name.as_str(), PathBuf::from(out)),
-        _ => bail!("usage: exitd-bench <dataplane> --out RESULT.json"),
+        _ => bail!("usage: exitd-bench <dataplane|nat> --out RESULT.json"),
     };
     exitd_testkit::require_root();
     let result = match name {
         "dataplane" => dataplane::run()?,
+        "nat" => nat::run()?,
         other => bail!("unknown benchmark {other:?}"),
     };
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;

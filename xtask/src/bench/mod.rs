@@ -3,6 +3,7 @@
 
 mod broker;
 mod dataplane;
+mod nat;
 
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -10,7 +11,11 @@ use std::path::Path;
 type Bench = fn(&Path) -> Result<serde_json::Value>;
 
 /// Registered benchmarks, in the order `cargo xtask bench` runs them.
-const BENCHES: &[(&str, Bench)] = &[("dataplane", dataplane::run), ("broker", broker::run)];
+const BENCHES: &[(&str, Bench)] = &[
+    ("dataplane", dataplane::run),
+    ("broker", broker::run),
+    ("nat", nat::run),
+];
 
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
     for name in names {
