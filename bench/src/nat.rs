@@ -195,49 +195,43 @@ fn established_costs(
 }
 
 fn testrun_costs() -> Result<Value> {
-    let ns = NetNs::new("bench-nt")?;
-    veth_pair(&ns, "ta0", &ns, "ta1")?;
-    veth_pair(&ns, "up0", &ns, "up1")?;
-    ns.run(|| -> Result<Value> {
-        let (ta0, up0) = (
-            exitd::iface::index_of("ta0")?,
-            exitd::iface::index_of("up0")?,
-        );
-        let mut ebpf = Ebpf::load(OBJECT)?;
-        load_xdp(&mut ebpf, "xdp_pass")?;
-        load_xdp(&mut ebpf, "xdp_fwd6")?;
-        let maps = configure(&mut ebpf, &nat_table(ta0, up0))?;
-        // The first packet creates the connection; the measured ones find it.
-        let nat: &Xdp = ebpf.program("xdp_fwd6").context("xdp_fwd6")?.try_into()?;
-        single_run_once(nat, &outbound_frame(), ta0)?;
-        ensure!(
-            verdict_count(&maps, Nat4Verdict::NewOut)? == 1,
-            "no connection created"
-        );
-        let costs = established_costs(
-            &ebpf,
-            &maps,
-            (&outbound_frame(), ta0),
-            (&inbound_frame(), up0),
-        )?;
-        print_costs("established flow, 1 connection", &costs);
-        let new_ns = new_connection_ns(nat, ta0)?;
-        let new_above = median_of(&new_ns) - costs["empty_program_ns"].as_f64().unwrap_or(0.0);
-        ensure!(
-            verdict_count(&maps, Nat4Verdict::NewOut)? == 1 + CALLS as u64,
-            "not every run created a connection"
-        );
-        println!(
-            "test run, new connection (distinct source ports): {:.0} ns/packet ({new_above:.0} above an empty program)",
-            median_of(&new_ns)
-        );
-        Ok(json!({
-            "calls": CALLS, "repeat_per_call": 1,
-            "costs": costs,
-            "new_connection": {"ns_per_packet": summary(&new_ns), "ns_above_empty_program": new_above},
-            "target": "<= 100 ns per packet for an established flow",
-        }))
-    })?
+    with_translator(
+        "bench-nt",
+        || Ebpf::load(OBJECT),
+        |mut ebpf, ta0, up0| {
+            let maps = configure(&mut ebpf, &nat_table(ta0, up0))?;
+            // The first packet creates the connection; the measured ones find it.
+            let nat: &Xdp = ebpf.program("xdp_fwd6").context("xdp_fwd6")?.try_into()?;
+            single_run_once(nat, &outbound_frame(), ta0)?;
+            ensure!(
+                verdict_count(&maps, Nat4Verdict::NewOut)? == 1,
+                "no connection created"
+            );
+            let costs = established_costs(
+                &ebpf,
+                &maps,
+                (&outbound_frame(), ta0),
+                (&inbound_frame(), up0),
+            )?;
+            print_costs("established flow, 1 connection", &costs);
+            let new_ns = new_connection_ns(nat, ta0)?;
+            let new_above = median_of(&new_ns) - costs["empty_program_ns"].as_f64().unwrap_or(0.0);
+            ensure!(
+                verdict_count(&maps, Nat4Verdict::NewOut)? == 1 + CALLS as u64,
+                "not every run created a connection"
+            );
+            println!(
+                "test run, new connection (distinct source ports): {:.0} ns/packet ({new_above:.0} above an empty program)",
+                median_of(&new_ns)
+            );
+            Ok(json!({
+                "calls": CALLS, "repeat_per_call": 1,
+                "costs": costs,
+                "new_connection": {"ns_per_packet": summary(&new_ns), "ns_above_empty_program": new_above},
+                "target": "<= 100 ns per packet for an established flow",
+            }))
+        },
+    )
 }
 
 /// ns of `CALLS` single runs, each the first packet of a new connection (its own source
@@ -515,7 +509,77 @@ fn connection_entries(i: u32, tenant_if: u32, now: u64) -> [(CtKey, CtEntry); 2]
 }
 
 fn capacity() -> Result<Value> {
-    let ns = NetNs::new("bench-cap")?;
+    with_translator(
+        "bench-cap",
+        || {
+            EbpfLoader::new()
+                .map_max_entries(CT4_MAP, CT4_ENTRIES)
+                .load(OBJECT)
+        },
+        |mut ebpf, ta0, up0| {
+            let map_id = match ebpf.map(CT4_MAP) {
+                Some(Map::LruHashMap(data)) => data.info()?.id(),
+                _ => bail!("{CT4_MAP} is not an LRU hash map"),
+            };
+            let mut maps = configure(&mut ebpf, &nat_table(ta0, up0))?;
+            let now = monotonic_ns();
+            let start = Instant::now();
+            for i in 0..CONNECTIONS {
+                for (key, entry) in connection_entries(i, ta0, now) {
+                    maps.insert_entry(&key, &entry)?;
+                }
+            }
+            let insert_secs = start.elapsed().as_secs_f64();
+            // Every 100th connection: are both entries still there (not evicted)?
+            let sampled: Vec<u32> = (0..CONNECTIONS).step_by(100).collect();
+            let present = sampled
+                .iter()
+                .filter(|i| {
+                    connection_entries(**i, ta0, now)
+                        .iter()
+                        .all(|(k, _)| maps.entry(k).is_some())
+                })
+                .count();
+            let memlock = map_memlock(map_id)?;
+            // The established flow, measured with the map full.
+            let nat: &Xdp = ebpf.program("xdp_fwd6").context("xdp_fwd6")?.try_into()?;
+            single_run_once(nat, &outbound_frame(), ta0)?;
+            let costs = established_costs(
+                &ebpf,
+                &maps,
+                (&outbound_frame(), ta0),
+                (&inbound_frame(), up0),
+            )?;
+            println!(
+                "capacity: {CONNECTIONS} connections ({} entries) inserted in {insert_secs:.1} s into a {CT4_ENTRIES}-entry map; {present} of {} sampled connections present; map memory {:.0} MiB (bpftool memlock)",
+                2 * CONNECTIONS,
+                sampled.len(),
+                memlock as f64 / (1 << 20) as f64
+            );
+            print_costs("established flow, 1M connections", &costs);
+            Ok(json!({
+                "ct4_max_entries": CT4_ENTRIES,
+                "connections": CONNECTIONS,
+                "entries_inserted": 2 * CONNECTIONS,
+                "insert_seconds": insert_secs,
+                "sampled_connections": sampled.len(),
+                "sampled_present": present,
+                "memlock_bytes": memlock,
+                "established_costs_full_map": costs,
+                "target": "1,000,000 tracked connections fit",
+            }))
+        },
+    )
+}
+
+/// Runs `f` in a fresh namespace with a tenant link (ta0) and an uplink (up0), given
+/// `object` (loaded there) with xdp_pass and xdp_fwd6 loaded and both ifindexes.
+fn with_translator(
+    prefix: &str,
+    object: impl FnOnce() -> Result<Ebpf, aya::EbpfError> + Send,
+    f: impl FnOnce(Ebpf, u32, u32) -> Result<Value> + Send,
+) -> Result<Value> {
+    let ns = NetNs::new(prefix)?;
     veth_pair(&ns, "ta0", &ns, "ta1")?;
     veth_pair(&ns, "up0", &ns, "up1")?;
     ns.run(|| -> Result<Value> {
@@ -523,62 +587,10 @@ fn capacity() -> Result<Value> {
             exitd::iface::index_of("ta0")?,
             exitd::iface::index_of("up0")?,
         );
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(CT4_MAP, CT4_ENTRIES)
-            .load(OBJECT)?;
+        let mut ebpf = object()?;
         load_xdp(&mut ebpf, "xdp_pass")?;
         load_xdp(&mut ebpf, "xdp_fwd6")?;
-        let map_id = match ebpf.map(CT4_MAP) {
-            Some(Map::LruHashMap(data)) => data.info()?.id(),
-            _ => bail!("{CT4_MAP} is not an LRU hash map"),
-        };
-        let mut maps = configure(&mut ebpf, &nat_table(ta0, up0))?;
-        let now = monotonic_ns();
-        let start = Instant::now();
-        for i in 0..CONNECTIONS {
-            for (key, entry) in connection_entries(i, ta0, now) {
-                maps.insert_entry(&key, &entry)?;
-            }
-        }
-        let insert_secs = start.elapsed().as_secs_f64();
-        // Every 100th connection: are both entries still there (not evicted)?
-        let sampled: Vec<u32> = (0..CONNECTIONS).step_by(100).collect();
-        let present = sampled
-            .iter()
-            .filter(|i| {
-                connection_entries(**i, ta0, now)
-                    .iter()
-                    .all(|(k, _)| maps.entry(k).is_some())
-            })
-            .count();
-        let memlock = map_memlock(map_id)?;
-        // The established flow, measured with the map full.
-        let nat: &Xdp = ebpf.program("xdp_fwd6").context("xdp_fwd6")?.try_into()?;
-        single_run_once(nat, &outbound_frame(), ta0)?;
-        let costs = established_costs(
-            &ebpf,
-            &maps,
-            (&outbound_frame(), ta0),
-            (&inbound_frame(), up0),
-        )?;
-        println!(
-            "capacity: {CONNECTIONS} connections ({} entries) inserted in {insert_secs:.1} s into a {CT4_ENTRIES}-entry map; {present} of {} sampled connections present; map memory {:.0} MiB (bpftool memlock)",
-            2 * CONNECTIONS,
-            sampled.len(),
-            memlock as f64 / (1 << 20) as f64
-        );
-        print_costs("established flow, 1M connections", &costs);
-        Ok(json!({
-            "ct4_max_entries": CT4_ENTRIES,
-            "connections": CONNECTIONS,
-            "entries_inserted": 2 * CONNECTIONS,
-            "insert_seconds": insert_secs,
-            "sampled_connections": sampled.len(),
-            "sampled_present": present,
-            "memlock_bytes": memlock,
-            "established_costs_full_map": costs,
-            "target": "1,000,000 tracked connections fit",
-        }))
+        f(ebpf, ta0, up0)
     })?
 }
 
