@@ -273,7 +273,10 @@ fn collect_logs(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mu
     let stderr = child.stderr.take().expect("stderr is piped");
     let sink = lines.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             sink.lock().unwrap().push(line);
         }
     });
@@ -305,7 +308,11 @@ fn tenants_reach_the_internet_from_the_public_address_through_xdp_alone() {
     let out_before = sent();
     assert_eq!(site.ping_from(&alice, ALICE, INTERNET, 10), 10);
     assert_eq!(site.ping_from(&bob, BOB, INTERNET, 10), 10);
-    assert_eq!(sent() - out_before, 20, "every echo request went through XDP");
+    assert_eq!(
+        sent() - out_before,
+        20,
+        "every echo request went through XDP"
+    );
 
     // A real HTTP download (4 MiB) with curl; the server sees the public address.
     let listener = site
@@ -482,7 +489,10 @@ fn a_tiny_port_range_runs_out_logs_it_and_expired_ports_come_back() {
         "a third flow finds no port"
     );
     assert!(site.nat_count("drop_exhausted") > dropped_before);
-    assert!(logged("NAT port exhaustion"), "the daemon logs the exhaustion");
+    assert!(
+        logged("NAT port exhaustion"),
+        "the daemon logs the exhaustion"
+    );
 
     // After the 1-second UDP timeout the ports are reclaimed by the next lookup.
     let expired = poll_until(Duration::from_secs(10), || {
