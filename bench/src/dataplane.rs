@@ -21,7 +21,12 @@ use exitd::dataplane::{
 use exitd_common::{Counters, ROUTE_NEIGH_KNOWN, Route6};
 use exitd_testkit::{NetNs, packet, veth_pair};
 use serde_json::{Value, json};
-use std::{net::Ipv6Addr, process::Stdio, time::Instant};
+use std::{
+    net::Ipv6Addr,
+    process::Stdio,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Instant,
+};
 
 const ROUTE_COUNTS: [u32; 3] = [1, 4096, 65_536];
 /// Repeats per test-run call: the packet is not reset between repeats, so the hop limit
@@ -94,7 +99,7 @@ fn udp_frame(dst: Ipv6Addr, dst_mac: [u8; 6], hop_limit: u8) -> Vec<u8> {
     packet::ethernet(dst_mac, GEN_MAC, packet::ETH_P_IPV6, &ip)
 }
 
-fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+pub(crate) fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("no program {name}"))?
@@ -344,7 +349,7 @@ fn forwarding_rates() -> Result<Value> {
 }
 
 /// Attaches the forwarder object's `program` to f0 from inside the forwarder's namespace.
-fn attach_in(
+pub(crate) fn attach_in(
     ns: &NetNs,
     ebpf: &mut Ebpf,
     program: &str,
@@ -356,14 +361,18 @@ fn attach_in(
     })?
 }
 
-fn detach(ebpf: &mut Ebpf, program: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
+pub(crate) fn detach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    link: aya::programs::xdp::XdpLinkId,
+) -> Result<()> {
     let xdp: &mut Xdp = ebpf.program_mut(program).context("program")?.try_into()?;
     xdp.detach(link)?;
     Ok(())
 }
 
 /// Packets the object's counter map holds for `ifindex` (0: the only entry there is).
-fn counted(ebpf: &Ebpf, ifindex: u32) -> Result<u64> {
+pub(crate) fn counted(ebpf: &Ebpf, ifindex: u32) -> Result<u64> {
     let map: aya::maps::PerCpuHashMap<&MapData, u32, Counters> =
         aya::maps::PerCpuHashMap::try_from(ebpf.map("IFACE_COUNTERS").context("IFACE_COUNTERS")?)?;
     let mut total = 0;
@@ -379,25 +388,43 @@ fn counted(ebpf: &Ebpf, ifindex: u32) -> Result<u64> {
 /// Sends 64-byte frames from g0 for about `seconds` with the live-frames generator; returns
 /// the time it actually ran.
 fn generate(gen_ns: &NetNs, seconds: f64) -> Result<f64> {
+    let frame = udp_frame("2001:db8:5::2".parse()?, FWD_IN_MAC, 64);
+    generate_frames(gen_ns, "xdp_gen", &frame, seconds)
+}
+
+/// Sends copies of the 64-byte `frame` from g0 for about `seconds` with the live-frames
+/// generator `program` (`xdp_gen`, or `xdp_gen_flows` for a new flow per frame); returns
+/// the time it actually ran.
+pub(crate) fn generate_frames(
+    gen_ns: &NetNs,
+    program: &str,
+    frame: &[u8],
+    seconds: f64,
+) -> Result<f64> {
+    let mut template = [0u8; 64];
+    ensure!(
+        frame.len() == template.len(),
+        "the generator sends 64-byte frames"
+    );
+    template.copy_from_slice(frame);
     gen_ns.run(|| -> Result<f64> {
         let mut ebpf = Ebpf::load(OBJECT)?;
         let g0 = exitd::iface::index_of("g0")?;
-        let frame = udp_frame("2001:db8:5::2".parse()?, FWD_IN_MAC, 64);
-        let mut template = [0u8; 64];
-        template.copy_from_slice(&frame);
         let mut templates: Array<&mut MapData, [u8; 64]> =
             Array::try_from(ebpf.map_mut("GEN_TEMPLATE").context("GEN_TEMPLATE")?)?;
         templates.set(0, template, 0)?;
-        let generator = load_xdp(&mut ebpf, "xdp_gen")?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-        let ctx: Vec<u8> = [0u32, 64, 0, g0, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        // Each run continues the flow numbers (2^24 per run), so a later run's frames are
+        // new flows too.
+        static NEXT_SEQ: AtomicU32 = AtomicU32::new(0);
+        let mut seq: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut("GEN_SEQ").context("GEN_SEQ")?)?;
+        seq.set(0, NEXT_SEQ.fetch_add(1 << 24, Ordering::Relaxed), 0)?;
+        let generator = load_xdp(&mut ebpf, program)?;
+        let ctx = exitd_testkit::testrun::xdp_md(frame.len(), g0);
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < seconds {
             let mut opts = TestRunOptions::new();
-            opts.data_in = Some(&frame);
+            opts.data_in = Some(frame);
             opts.ctx_in = Some(&ctx);
             opts.repeat = 500_000;
             opts.attrs = TestRunAttrs::new().xdp_live_frames(64);

@@ -3,6 +3,7 @@
 
 mod dataplane;
 mod failover;
+mod nat;
 mod stats;
 
 use anyhow::{Result, bail};
@@ -12,12 +13,13 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (name, out) = match args.as_slice() {
         [name, flag, out] if flag == "--out" => (name.as_str(), PathBuf::from(out)),
-        _ => bail!("usage: exitd-bench <dataplane|failover> --out RESULT.json"),
+        _ => bail!("usage: exitd-bench <dataplane|failover|nat> --out RESULT.json"),
     };
     exitd_testkit::require_root();
     let result = match name {
         "dataplane" => dataplane::run()?,
         "failover" => failover::run()?,
+        "nat" => nat::run()?,
         other => bail!("unknown benchmark {other:?}"),
     };
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;

@@ -3,9 +3,17 @@
 
 use crate::run_step;
 use anyhow::{Context, Result};
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 pub fn run(root: &Path) -> Result<serde_json::Value> {
+    run_exitd_bench(root, "dataplane")
+}
+
+/// Builds `exitd-bench` (release) and runs its benchmark `name`; returns its JSON result.
+pub fn run_exitd_bench(root: &Path, name: &str) -> Result<serde_json::Value> {
     run_step(
         "building exitd-bench (release)",
         Command::new("cargo").current_dir(root).args([
@@ -15,11 +23,15 @@ pub fn run(root: &Path) -> Result<serde_json::Value> {
             "exitd-bench",
         ]),
     )?;
-    let out = root.join("target/dataplane-bench.json");
+    // Where cargo put the binary: CARGO_TARGET_DIR when set, as cargo itself does.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out = target.join(format!("{name}-bench.json"));
     run_step(
-        "running the data-plane benchmark",
-        Command::new(root.join("target/release/exitd-bench"))
-            .arg("dataplane")
+        &format!("running the {name} benchmark"),
+        Command::new(target.join("release/exitd-bench"))
+            .arg(name)
             .arg("--out")
             .arg(&out),
     )?;

@@ -5,6 +5,7 @@ mod broker;
 mod dataplane;
 mod failover;
 pub mod readme;
+mod nat;
 
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -16,6 +17,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("dataplane", dataplane::run),
     ("broker", broker::run),
     ("failover", failover::run),
+    ("nat", nat::run),
 ];
 
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
