@@ -75,13 +75,55 @@ pub fn run() -> Result<Value> {
     } else {
         Value::Null
     };
-    Ok(json!({
+    let mut result = json!({
         "benchmark": "nat",
         "frames": "64-byte IPv4/UDP frames; pps measured with XDP live frames (not socket-fed)",
         "test_run": testrun,
         "rates": rates,
         "capacity": capacity,
-    }))
+    });
+    result["summary"] = summary(&result);
+    Ok(result)
+}
+
+/// The rows of the README's benchmark table (see xtask/src/bench/readme.rs).
+fn summary(r: &Value) -> Value {
+    let mut rows = Vec::new();
+    for (flow, what) in [
+        ("established_flow", "NAT44, established flow, packets/s"),
+        (
+            "new_connections",
+            "NAT44, a new connection per packet, packets/s",
+        ),
+    ] {
+        let pps = &r["rates"][flow]["pps"];
+        if let (Some(ours), Some(base)) = (
+            pps["ebpf_nat"]["median"].as_f64(),
+            pps["kernel_nft_masquerade"]["median"].as_f64(),
+        ) {
+            rows.push(json!({
+                "what": what, "value": ours, "unit": "pps",
+                "baseline": base, "baseline_what": "kernel forwarding + nftables masquerade",
+                "ratio": ours / base, "target": ">= 1.5x", "met": ours / base >= 1.5,
+            }));
+        }
+    }
+    for dir in ["outbound", "inbound"] {
+        if let Some(ns) = r["test_run"]["costs"][dir]["ns_above_empty_program"].as_f64() {
+            rows.push(json!({
+                "what": format!("NAT44 established flow, {dir}, ns/packet above an empty program (BPF_PROG_TEST_RUN)"),
+                "value": ns, "unit": "ns", "target": "<= 100 ns", "met": ns <= 100.0,
+            }));
+        }
+    }
+    if let Some(n) = r["capacity"]["connections"].as_f64() {
+        let bytes = r["capacity"]["memlock_bytes"].as_f64().unwrap_or(0.0);
+        rows.push(json!({
+            "what": format!("tracked connections in a 2M-entry CT4 map ({:.0} MiB)", bytes / 1048576.0),
+            "value": n, "unit": "", "target": "1,000,000 fit", "met": n >= 1_000_000.0,
+        }));
+    }
+    Value::Array(rows)
 }
 
 /// The translator's table: one tenant /24 behind `tenant_if`, the uplink `up_if`.
