@@ -4,8 +4,8 @@
 mod broker;
 mod dataplane;
 mod failover;
-pub mod readme;
 mod nat;
+pub mod readme;
 
 use anyhow::{Result, bail};
 use std::path::Path;
