@@ -82,12 +82,12 @@ pub fn run() -> Result<Value> {
         "rates": rates,
         "capacity": capacity,
     });
-    result["summary"] = summary(&result);
+    result["summary"] = readme_rows(&result);
     Ok(result)
 }
 
 /// The rows of the README's benchmark table (see xtask/src/bench/readme.rs).
-fn summary(r: &Value) -> Value {
+fn readme_rows(r: &Value) -> Value {
     let mut rows = Vec::new();
     for (flow, what) in [
         ("established_flow", "NAT44, established flow, packets/s"),
