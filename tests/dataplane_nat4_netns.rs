@@ -453,6 +453,7 @@ fn a_tiny_port_range_runs_out_logs_it_and_expired_ports_come_back() {
         .spawn()
         .unwrap();
     let logs = collect_logs(&mut daemon);
+    let daemon = Daemon(daemon);
     let logged = |needle: &str| {
         poll_until(Duration::from_secs(20), || {
             logs.lock()
@@ -505,7 +506,16 @@ fn a_tiny_port_range_runs_out_logs_it_and_expired_ports_come_back() {
         "a new flow gets an expired flow's port"
     );
     assert!(site.nat_count("expired") >= 1);
-    // SAFETY: our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
+    drop(daemon);
+}
+
+/// A running `exitd run`, stopped with SIGTERM when dropped — also when the test fails.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
