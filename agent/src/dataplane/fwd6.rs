@@ -92,16 +92,7 @@ impl Fwd6Maps {
 
     /// Opens the pinned maps of a running forwarder.
     pub fn open_pinned(pins: &PinDir) -> Result<Fwd6Maps> {
-        let open = |name: &str| -> Result<Map> {
-            let path = pins.map(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "cannot open {} (is the forwarder attached?)",
-                    path.display()
-                )
-            })?;
-            Ok(Map::from_map_data(data)?)
-        };
+        let open = |name: &str| pins.open_map(name);
         Fwd6Maps::from_maps(
             open(ROUTES6_MAP)?,
             open(ROUTES6_LPM_MAP)?,

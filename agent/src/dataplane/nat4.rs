@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use exitd_common::{
     Counters, ROUTE_NEIGH_KNOWN,
     nat4::{
-        CT_IN, CT_OUT, CT_PORT_FORWARD, CT4_MAP, CtEntry, CtKey, LOCAL4_MAP, NAT4_CONFIG_MAP,
+        CT_OUT, CT_PORT_FORWARD, CT4_MAP, CtEntry, CtKey, LOCAL4_MAP, NAT4_CONFIG_MAP,
         NAT4_ENABLED, NAT4_STATS_MAP, Nat4Config, Nat4Verdict, PORT_FWD4_MAP, PortFwdKey,
         PortFwdTarget, ROUTES4_MAP, Route4, TCP_CLOSING, TCP_ESTABLISHED, TIMEOUT_COUNT, Timeout,
     },
@@ -177,16 +177,7 @@ impl Nat4Maps {
 
     /// Opens the pinned maps of a running translator.
     pub fn open_pinned(pins: &PinDir) -> Result<Nat4Maps> {
-        Nat4Maps::from(|name| {
-            let path = pins.map(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "cannot open {} (is the forwarder attached?)",
-                    path.display()
-                )
-            })?;
-            Ok(Map::from_map_data(data)?)
-        })
+        Nat4Maps::from(|name| pins.open_map(name))
     }
 
     fn from(mut open: impl FnMut(&str) -> Result<Map>) -> Result<Nat4Maps> {
@@ -387,32 +378,15 @@ impl Connection {
         config: &Nat4Config,
         now: u64,
     ) -> Connection {
-        let reply = CtKey {
-            proto: key.proto,
-            dir: CT_IN,
-            pad: [0; 2],
-            src: key.dst,
-            dst: out.addr,
-            sport: key.dport,
-            dport: out.port,
-        };
-        let back = all.get(&reply);
+        let back = all.get(&key.reply(out.addr, out.port));
         let last = back.map_or(out.last_seen, |b| b.last_seen.max(out.last_seen));
         let idle_ns = now.saturating_sub(last);
-        let state = if key.proto == 6 {
-            match out.state.max(back.map_or(0, |b| b.state)) {
-                TCP_ESTABLISHED => "established",
-                TCP_CLOSING => "closing",
-                _ => "syn",
-            }
-        } else {
-            ""
-        };
-        let timeout = match (key.proto, state) {
-            (6, "established") => config.timeouts[Timeout::TcpEstablished as usize],
-            (6, _) => config.timeouts[Timeout::TcpTransitory as usize],
-            (17, _) => config.timeouts[Timeout::Udp as usize],
-            _ => config.timeouts[Timeout::Icmp as usize],
+        let tcp_state = out.state.max(back.map_or(0, |b| b.state));
+        let state = match (key.proto, tcp_state) {
+            (6, TCP_ESTABLISHED) => "established",
+            (6, TCP_CLOSING) => "closing",
+            (6, _) => "syn",
+            _ => "",
         };
         let port = |p: u16| u16::from_be(p);
         Connection {
@@ -427,7 +401,7 @@ impl Connection {
             },
             state,
             idle_ms: idle_ns / 1_000_000,
-            live: idle_ns <= u64::from(timeout) * 1_000_000_000,
+            live: idle_ns <= config.timeout_ns(key.proto, tcp_state),
         }
     }
 }
@@ -450,6 +424,7 @@ mod tests {
         dataplane::gateway::LinkFact,
         plan::{NetworkConfig, derive, input::PortForwardConfig},
     };
+    use exitd_common::nat4::CT_IN;
 
     fn plan() -> Plan {
         let resources: Vec<ipnet::Ipv6Net> = ["2a02:1802:5e:1abc::/64", "2a02:1802:5e:1123::/64"]

@@ -33,6 +33,18 @@ impl PinDir {
         self.root.join(name)
     }
 
+    /// Opens the pinned map called `name` of a running program.
+    pub fn open_map(&self, name: &str) -> Result<aya::maps::Map> {
+        let path = self.map(name);
+        let data = aya::maps::MapData::from_pin(&path).with_context(|| {
+            format!(
+                "cannot open {} (is the forwarder attached?)",
+                path.display()
+            )
+        })?;
+        Ok(aya::maps::Map::from_map_data(data)?)
+    }
+
     /// Directory of pinned program links.
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")

@@ -67,6 +67,21 @@ pub struct Nat4Config {
     pub timeouts: [u32; TIMEOUT_COUNT],
 }
 
+impl Nat4Config {
+    /// Idle timeout, in nanoseconds, of a connection of protocol `proto` whose TCP state is
+    /// `state`: the one rule the program expires entries by and the agent reports with.
+    #[inline(always)]
+    pub fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        let which = match proto {
+            6 if state == TCP_ESTABLISHED => Timeout::TcpEstablished,
+            6 => Timeout::TcpTransitory,
+            17 => Timeout::Udp,
+            _ => Timeout::Icmp,
+        };
+        self.timeouts[which as usize] as u64 * 1_000_000_000
+    }
+}
+
 /// `CtKey::dir`: the key of a packet leaving a tenant (before translation).
 pub const CT_OUT: u8 = 0;
 /// `CtKey::dir`: the key of a packet arriving from upstream (before translation).
@@ -85,6 +100,23 @@ pub struct CtKey {
     /// Network byte order, as in the packet.
     pub sport: u16,
     pub dport: u16,
+}
+
+impl CtKey {
+    /// The key replies to this outgoing packet carry once it is translated to
+    /// `public:port` (`port` in network order).
+    #[inline(always)]
+    pub fn reply(&self, public: [u8; 4], port: u16) -> CtKey {
+        CtKey {
+            proto: self.proto,
+            dir: CT_IN,
+            pad: [0; 2],
+            src: self.dst,
+            dst: public,
+            sport: self.dport,
+            dport: port,
+        }
+    }
 }
 
 /// TCP states an entry tracks; they choose the timeout.

@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use exitd_common::{
     nat4::{
-        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, Timeout, CT_IN,
-        CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4, MAX_ROUTES4,
-        NAT4_ENABLED, NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
+        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN, CT_OUT,
+        CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4, MAX_ROUTES4, NAT4_ENABLED,
+        NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
     },
     Counters, ROUTE_NEIGH_KNOWN,
 };
@@ -317,7 +317,7 @@ fn allocate_port(
         if unsafe { PORT_FWD4.get(fwd) }.is_some() {
             continue;
         }
-        let in_key = reply_key(key, cfg.public, port);
+        let in_key = key.reply(cfg.public, port);
         if claim(cfg, &in_key, &back, now) {
             let entry = CtEntry {
                 addr: cfg.public,
@@ -345,26 +345,11 @@ fn claim(cfg: &Nat4Config, key: &CtKey, entry: &CtEntry, now: u64) -> bool {
     lookup_live(cfg, key, now).is_none() && CT4.insert(key, entry, BPF_NOEXIST as u64).is_ok()
 }
 
-/// The key replies to an outgoing packet `out` carry once it is translated to
-/// `public:port`.
-#[inline(always)]
-fn reply_key(out: &CtKey, public: [u8; 4], port: u16) -> CtKey {
-    CtKey {
-        proto: out.proto,
-        dir: CT_IN,
-        pad: [0; 2],
-        src: out.dst,
-        dst: public,
-        sport: out.dport,
-        dport: port,
-    }
-}
-
 /// The other direction's key of the connection `key` → `entry`.
 #[inline(always)]
 fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
     if key.dir == CT_OUT {
-        reply_key(key, entry.addr, entry.port)
+        key.reply(entry.addr, entry.port)
     } else {
         CtKey {
             proto: key.proto,
@@ -425,14 +410,7 @@ fn back_port(key: &CtKey) -> u16 {
 
 #[inline(always)]
 fn fresh(cfg: &Nat4Config, proto: u8, entry: &CtEntry, now: u64) -> bool {
-    let timeout = match proto {
-        net::IPPROTO_TCP if entry.state == TCP_ESTABLISHED => Timeout::TcpEstablished,
-        net::IPPROTO_TCP => Timeout::TcpTransitory,
-        net::IPPROTO_UDP => Timeout::Udp,
-        _ => Timeout::Icmp,
-    };
-    let secs = cfg.timeouts[timeout as usize] as u64;
-    now.saturating_sub(entry.last_seen) <= secs * 1_000_000_000
+    now.saturating_sub(entry.last_seen) <= cfg.timeout_ns(proto, entry.state)
 }
 
 /// Records a packet on a live entry: time, and the TCP state its flags move to.
