@@ -47,9 +47,14 @@ mod user {
     unsafe impl aya::Pod for super::nat4::CtEntry {}
     unsafe impl aya::Pod for super::nat4::PortFwdKey {}
     unsafe impl aya::Pod for super::nat4::PortFwdTarget {}
+    unsafe impl aya::Pod for super::nat64::Nat64Config {}
+    unsafe impl aya::Pod for super::nat64::XlatSource {}
+    unsafe impl aya::Pod for super::nat64::Ct6Key {}
+    unsafe impl aya::Pod for super::nat64::FwPort {}
 }
 
 pub mod nat4;
+pub mod nat64;
 
 /// Map names of the IPv6 forwarder (also their pin file names).
 pub const ROUTES6_MAP: &str = "ROUTES6";

@@ -126,6 +126,8 @@ pub const TCP_CLOSING: u8 = 2;
 
 /// `CtEntry::flags`: created by a port forward (not by a tenant's outgoing packet).
 pub const CT_PORT_FORWARD: u8 = 1;
+/// `CtEntry::flags`: a NAT64 connection (the other direction's entry is in CT6).
+pub const CT_NAT64: u8 = 2;
 
 /// What a packet matching a `CtKey` is translated to: for an outgoing packet its new source,
 /// for an incoming one its new destination.
@@ -144,6 +146,9 @@ pub struct CtEntry {
     /// incoming entries 0.
     pub ifindex: u32,
     pub pad: u32,
+    /// For incoming entries of NAT64 connections (`CT_NAT64`): the node's IPv6 address
+    /// (`addr` is then unused); zero otherwise.
+    pub addr6: [u8; 16],
 }
 
 /// A forwarded public port.

@@ -7,6 +7,7 @@ mod bench;
 mod counter;
 mod fwd6;
 mod nat4;
+mod nat64;
 mod net;
 
 #[cfg(not(test))]

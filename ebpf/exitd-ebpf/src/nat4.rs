@@ -305,6 +305,7 @@ fn allocate_port(
         last_seen: now,
         ifindex: 0,
         pad: 0,
+        addr6: [0; 16],
     };
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i) % size) as u16).to_be();
@@ -327,6 +328,7 @@ fn allocate_port(
                 last_seen: now,
                 ifindex: ingress,
                 pad: 0,
+                addr6: [0; 16],
             };
             // Cannot fail for lack of room: an LRU map evicts instead.
             let _ = CT4.insert(key, entry, BPF_ANY as u64);
@@ -513,6 +515,7 @@ fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
         last_seen: now,
         ifindex: 0,
         pad: 0,
+        addr6: [0; 16],
     };
     let _ = CT4.insert(key, entry, BPF_ANY as u64);
     let out_key = partner_key(key, &entry);
@@ -524,6 +527,7 @@ fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
         last_seen: now,
         ifindex: route.ifindex,
         pad: 0,
+        addr6: [0; 16],
     };
     let _ = CT4.insert(out_key, out, BPF_ANY as u64);
     Ok(entry)
