@@ -19,7 +19,7 @@ mod common;
 use aya::programs::{SchedClassifier, TcAttachType};
 use common::{assert_success, clean_run, collect_logs};
 use exitd::dataplane::{PinDir, nat64::xlat_table, nat64_maps::Xlat6Map};
-use exitd_testkit::{NetNs, TestPins, poll_until, require_root, veth_pair};
+use exitd_testkit::{Etcd, NetNs, TestPins, poll_until, require_root, veth_pair};
 use serde_json::Value;
 use std::{
     os::fd::AsRawFd,
@@ -45,10 +45,20 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn new() -> Gateway {
+    /// The gateway, applied, with `sections` (TOML: NAT64, firewall) in its configuration.
+    fn new(sections: &str) -> Gateway {
+        let gw = Gateway::create();
+        gw.configure(sections);
+        gw
+    }
+
+    /// The namespaces, before any configuration.
+    fn create() -> Gateway {
         require_root();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("exitd-nat64-test-{pid}"));
+        let dir = std::env::temp_dir().join(format!("exitd-nat64-test-{pid}-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let gw = Gateway {
             host: NetNs::new("n6host").unwrap(),
@@ -56,25 +66,27 @@ impl Gateway {
             node: NetNs::new("n6node").unwrap(),
             pins: TestPins::new().unwrap(),
             dir,
-            prefix: format!("x6n{pid}-"),
-            alloc_nr: 61_000 + pid % 1_000,
+            prefix: format!("x6n{pid}n{n}-"),
+            // Unique per test: WireGuard control sockets are shared machine-wide.
+            alloc_nr: 61_000 + (pid % 1_000) * 10 + n,
         };
         veth_pair(&gw._upstream, "port0", &gw.host, "upl0").unwrap();
-        gw.write_config();
-        gw.apply();
         gw
+    }
+
+    /// Writes the configuration with `sections` added and applies it.
+    fn configure(&self, sections: &str) {
+        self.write_config(sections);
+        self.apply();
     }
 
     fn config(&self) -> String {
         self.dir.join("exitd.toml").to_str().unwrap().to_string()
     }
 
-    fn write_config(&self) {
+    fn write_config(&self, sections: &str) {
         let text = format!(
-            "[dataplane]\npin_dir = {pins:?}\n\n\
-             [dataplane.nat64]\nprefix = \"{PREFIX}\"\ninterfaces = [\"{NODE_LINK}\"]\n\n\
-             [dataplane.firewall]\ncontrol_ports = [\"tcp/2379\", \"udp/5353\"]\n\
-             allow = [\"192.0.2.0/24\"]\n\n\
+            "[dataplane]\npin_dir = {pins:?}\n\n{sections}\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [network]\nallocation = \"2a02:1802:5e::/48\"\nexit_node = 1\nalloc_nr = {a}\nuplink = \"upl0\"\n\
              gateway_ipv4 = \"185.69.166.123/24\"\nupstream_ipv4 = \"185.69.166.1\"\n\
@@ -157,10 +169,10 @@ impl Gateway {
         Some((id, show["name"].as_str()?.to_string()))
     }
 
-    /// The kernel's list of TCX ingress programs of the node-facing link (bpftool 7.1 here
+    /// The kernel's list of TCX ingress programs of `dev` in the gateway (bpftool 7.1 here
     /// predates TCX in `net show`): the link's revision (it changes with every attach and
     /// detach), its ifindex and the programs' (id, name).
-    fn tcx_ingress(&self) -> Option<Tcx> {
+    fn tcx_ingress(&self, dev: &str) -> Option<Tcx> {
         let ns = std::fs::File::open(exitd::netlink::netns::path(&self.gateway())).ok()?;
         std::thread::scope(|s| {
             s.spawn(move || {
@@ -168,9 +180,9 @@ impl Gateway {
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return None;
                 }
-                let ifindex = exitd::iface::index_of(NODE_LINK).ok()?;
+                let ifindex = exitd::iface::index_of(dev).ok()?;
                 let (revision, progs) =
-                    SchedClassifier::query_tcx(NODE_LINK, TcAttachType::Ingress).ok()?;
+                    SchedClassifier::query_tcx(dev, TcAttachType::Ingress).ok()?;
                 let progs = progs
                     .iter()
                     .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
@@ -186,9 +198,20 @@ impl Gateway {
         })
     }
 
-    /// The id of `tc_nat64_l3` on TCX ingress of the node-facing link, and the revision.
-    fn nat64_prog(&self) -> Option<(u64, u32)> {
-        let tcx = self.tcx_ingress()?;
+    /// Whether the pin directory holds a TC link of `dev`.
+    fn tc_link_pinned(&self, dev: &str) -> bool {
+        let Ok(links) = std::fs::read_dir(self.gateway_pins().join("links")) else {
+            return false;
+        };
+        let pin = format!("tc_nat64_l3@{dev}@");
+        links
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&pin))
+    }
+
+    /// The revision of TCX ingress of `dev` and the id of `tc_nat64_l3` there.
+    fn nat64_prog(&self, dev: &str) -> Option<(u64, u32)> {
+        let tcx = self.tcx_ingress(dev)?;
         let (id, _) = tcx
             .progs
             .into_iter()
@@ -296,7 +319,11 @@ fn only_value(dump: &[Value]) -> &Value {
 
 #[test]
 fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
-    let gw = Gateway::new();
+    let gw = Gateway::new(&format!(
+        "[dataplane.nat64]\nprefix = \"{PREFIX}\"\ninterfaces = [\"{NODE_LINK}\"]\n\n\
+         [dataplane.firewall]\ncontrol_ports = [\"tcp/2379\", \"udp/5353\"]\n\
+         allow = [\"192.0.2.0/24\"]\n"
+    ));
     let daemon = gw.start();
 
     // The node-facing link appears after the forwarder started, as the concentrator's does.
@@ -317,20 +344,18 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         .output();
     assert_success(&up.unwrap(), &["ip link set n64 up"]);
 
-    let prog = poll_until(Duration::from_secs(20), || gw.nat64_prog()).unwrap_or_else(|| {
-        let logs = daemon.logs.lock().unwrap().join("\n");
-        let tcx = gw.tcx_ingress();
-        panic!("tc_nat64_l3 is not attached to {NODE_LINK}: {tcx:?}\nexitd's log:\n{logs}")
+    // Attached in the kernel, and the link pinned (exitd pins right after attaching).
+    let attached = poll_until(Duration::from_secs(20), || {
+        let prog = gw.nat64_prog(NODE_LINK)?;
+        gw.tc_link_pinned(NODE_LINK).then_some(prog)
     });
-    let (revision, prog) = prog;
-    let links = std::fs::read_dir(gw.gateway_pins().join("links")).unwrap();
-    let pinned: Vec<String> = links
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        pinned.iter().any(|f| f.starts_with("tc_nat64_l3@n64@")),
-        "the TC link is pinned: {pinned:?}"
-    );
+    let (revision, prog) = attached.unwrap_or_else(|| {
+        let logs = daemon.logs.lock().unwrap().join("\n");
+        let tcx = gw.tcx_ingress(NODE_LINK);
+        panic!(
+            "tc_nat64_l3 is not attached and pinned on {NODE_LINK}: {tcx:?}\nexitd's log:\n{logs}"
+        )
+    });
 
     // One set of maps: the classifier and xdp_fwd6 use the pinned maps, not copies.
     let (fwd6, name) = gw.xdp_prog(&gw.uplink()).expect("XDP on the uplink");
@@ -373,7 +398,7 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         3,
         "tcp/2379, udp/5353 and the on-marker: {ports:?}"
     );
-    let n64_index = gw.tcx_ingress().unwrap().ifindex;
+    let n64_index = gw.tcx_ingress(NODE_LINK).unwrap().ifindex;
     let fw_links = gw.dump("FW_LINKS");
     assert!(
         fw_links.iter().any(|e| e["key"] == n64_index),
@@ -421,13 +446,17 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
     daemon.stop();
     let attached = Some((revision, prog));
     assert_eq!(
-        gw.nat64_prog(),
+        gw.nat64_prog(NODE_LINK),
         attached,
         "still attached while exitd is down"
     );
     let daemon = gw.start();
     assert!(daemon.logged("exitd running"));
-    assert_eq!(gw.nat64_prog(), attached, "untouched by the restart");
+    assert_eq!(
+        gw.nat64_prog(NODE_LINK),
+        attached,
+        "untouched by the restart"
+    );
     assert_eq!(gw.dump("XLAT6").len(), 1, "XLAT6 survives the restart");
     drop(daemon);
 
@@ -440,5 +469,95 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         .output()
         .unwrap();
     assert_success(&out, &["dataplane detach"]);
-    assert_eq!(gw.nat64_prog(), None, "detached");
+    assert_eq!(gw.nat64_prog(NODE_LINK), None, "detached");
+}
+
+/// The concentrator role with NAT64 on its interface (the default of `interfaces`): its
+/// userspace WireGuard device — a TUN device, without Ethernet header like the kernel's —
+/// gets `tc_nat64_l3` once the role created it, and a node a broker announces through etcd
+/// gets its `xlat_range6` (the second /64 of its /63) in XLAT6 on that interface, removed
+/// again when the announcement goes.
+#[test]
+fn the_concentrator_keeps_the_nodes_xlat_ranges_on_its_interface() {
+    let gw = Gateway::create();
+    // exitd runs in the host namespace: etcd must listen on that namespace's loopback.
+    let etcd = gw.host.run(Etcd::start).unwrap().unwrap();
+    let wg = format!("wgx{}", std::process::id() % 100_000);
+    gw.configure(&format!(
+        "[dataplane.nat64]\n\n\
+         [concentrator]\nname = \"c1\"\nid = 1\nendpoint = \"[2001:db8:ffff::1]:40001\"\n\
+         interface = \"{wg}\"\nnamespace = \"{gateway}\"\nwireguard = \"userspace\"\n\
+         private_key_file = {key:?}\nstate_dir = {state:?}\ncheck_interval = 1\n\
+         [concentrator.etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/exitd/t/parker/\"\n",
+        gateway = gw.gateway(),
+        key = gw.dir.join("concentrator.key"),
+        state = gw.dir.join("state"),
+        endpoint = etcd.endpoint(),
+    ));
+    let daemon = gw.start();
+    assert!(daemon.logged("concentrator running"));
+    let attached = poll_until(Duration::from_secs(20), || {
+        gw.nat64_prog(&wg).filter(|_| gw.tc_link_pinned(&wg))
+    });
+    assert!(
+        attached.is_some(),
+        "tc_nat64_l3 on the concentrator's {wg}, pinned"
+    );
+    let wg_index = gw.tcx_ingress(&wg).unwrap().ifindex;
+
+    let node = wireguard_control::Key::generate_private()
+        .get_public()
+        .to_base64();
+    let key = format!("/exitd/t/parker/peers/{node}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let announcement = format!("{{\"prefix\":\"2001:db8:ed0:2::/63\",\"announced\":{now}}}");
+    etcd_write(&gw.host, &etcd, &key, Some(announcement));
+    let entry = poll_until(Duration::from_secs(20), || gw.dump("XLAT6").pop());
+    let entry = entry.expect("the node's xlat_range6 in XLAT6");
+    let range: Vec<u64> = entry["key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        range,
+        [0x20, 0x01, 0x0d, 0xb8, 0x0e, 0xd0, 0, 3],
+        "2001:db8:ed0:3::/64"
+    );
+    assert_eq!(
+        entry["value"]["ifindex"], wg_index,
+        "on the concentrator's interface"
+    );
+
+    etcd_write(&gw.host, &etcd, &key, None);
+    let gone = poll_until(Duration::from_secs(20), || {
+        gw.dump("XLAT6").is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "removed with the node");
+    drop(daemon);
+}
+
+/// Puts `key` = `value` into etcd, or deletes `key` when `value` is None, from namespace
+/// `ns` (where etcd listens).
+fn etcd_write(ns: &NetNs, etcd: &Etcd, key: &str, value: Option<String>) {
+    let endpoint = etcd.endpoint();
+    let key = key.to_string();
+    let written = ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([endpoint], None).await?;
+            match value {
+                Some(value) => client.put(key, value, None).await.map(drop),
+                None => client.delete(key, None).await.map(drop),
+            }
+        })
+    });
+    written.unwrap().expect("etcd write");
 }
