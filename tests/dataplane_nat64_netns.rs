@@ -2,16 +2,18 @@
 //! the NAT64 classifier is attached to TC ingress of the node-facing link once that link
 //! appears (as the concentrator's interface does, after the forwarder started), shares
 //! every pinned map with `xdp_fwd6` on the uplink, gets its prefix and the firewall's
-//! entries, and stays attached — same program — across a restart of exitd. Checked with
-//! `bpftool`, the kernel's own view. Needs root.
+//! entries, translates a node's UDP to the gateway's public IPv4 and back, and stays
+//! attached — same program, untouched — across a restart of exitd. Checked with `bpftool`
+//! and the kernel's TCX query. Needs root.
 //!
-//! A veth stands in for the concentrator's WireGuard interface (no kernel WireGuard here);
-//! no traffic crosses it, so its Ethernet header does not matter. XLAT6 is filled by the
-//! concentrator role, which needs etcd: here the pinned map is written through the same
-//! `Xlat6Map` the role uses; the role's bookkeeping is covered by unit tests.
+//! In the first test a veth stands in for the node-facing WireGuard link (so the agent
+//! picks `tc_nat64_eth`), and the test writes the node's `xlat_range6` into XLAT6 through
+//! the same `Xlat6Map` the concentrator uses. The second test runs the concentrator role
+//! itself (real etcd, userspace WireGuard: a TUN device, so `tc_nat64_l3`).
 //!
 //! ```text
-//!  upstream ── port0 ═ pub-1-A ── [gateway: xdp_fwd6] ── n64 (tc_nat64_l3) ═ n64p ── node
+//!  internet ── upstream ── pub-1-A [gateway: xdp_fwd6] n64 (tc_nat64_eth) ═ n64p ── node
+//!  198.51.100.10           185.69.166.123                                  2001:db8:ed0:3::1
 //! ```
 
 mod common;
@@ -19,9 +21,11 @@ mod common;
 use aya::programs::{SchedClassifier, TcAttachType};
 use common::{assert_success, clean_run, collect_logs};
 use exitd::dataplane::{PinDir, nat64::xlat_table, nat64_maps::Xlat6Map};
+use exitd_common::nat64::Nat64Config;
 use exitd_testkit::{Etcd, NetNs, TestPins, poll_until, require_root, veth_pair};
 use serde_json::Value;
 use std::{
+    net::{SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Command, Stdio},
@@ -33,10 +37,15 @@ const EXITD: &str = env!("CARGO_BIN_EXE_exitd");
 /// A network-specific prefix, so the test sees the configured one (not the default).
 const PREFIX: &str = "2001:db8:6400::/48";
 const NODE_LINK: &str = "n64";
+const INTERNET: &str = "198.51.100.10";
+/// A node's /63 (what the broker hands out) and an address of its `xlat_range6`.
+const NODE_PREFIX: &str = "2001:db8:ed0:2::/63";
+const NODE_XLAT: &str = "2001:db8:ed0:3::1";
 
 struct Gateway {
     host: NetNs,
-    _upstream: NetNs,
+    upstream: NetNs,
+    internet: NetNs,
     node: NetNs,
     pins: TestPins,
     dir: PathBuf,
@@ -62,7 +71,8 @@ impl Gateway {
         std::fs::create_dir_all(&dir).unwrap();
         let gw = Gateway {
             host: NetNs::new("n6host").unwrap(),
-            _upstream: NetNs::new("n6up").unwrap(),
+            upstream: NetNs::new("n6up").unwrap(),
+            internet: NetNs::new("n6inet").unwrap(),
             node: NetNs::new("n6node").unwrap(),
             pins: TestPins::new().unwrap(),
             dir,
@@ -70,8 +80,29 @@ impl Gateway {
             // Unique per test: WireGuard control sockets are shared machine-wide.
             alloc_nr: 61_000 + (pid % 1_000) * 10 + n,
         };
-        veth_pair(&gw._upstream, "port0", &gw.host, "upl0").unwrap();
+        gw.wire_upstream();
         gw
+    }
+
+    /// The upstream router (185.69.166.1) and an internet host behind it, sending without
+    /// checksum offload as a real router's forwarded traffic arrives.
+    fn wire_upstream(&self) {
+        veth_pair(&self.upstream, "port0", &self.host, "upl0").unwrap();
+        veth_pair(&self.upstream, "port1", &self.internet, "eth0").unwrap();
+        let up = &self.upstream;
+        up.ip(&["addr", "add", "185.69.166.1/24", "dev", "port0"])
+            .unwrap();
+        up.ip(&["addr", "add", "198.51.100.1/24", "dev", "port1"])
+            .unwrap();
+        up.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        let inet = &self.internet;
+        inet.ip(&["addr", "add", &format!("{INTERNET}/24"), "dev", "eth0"])
+            .unwrap();
+        inet.ip(&["route", "add", "default", "via", "198.51.100.1"])
+            .unwrap();
+        for (ns, dev) in [(up, "port0"), (up, "port1"), (inet, "eth0")] {
+            ns.exec("ethtool", &["-K", dev, "tx", "off"]).unwrap();
+        }
     }
 
     /// Writes the configuration with `sections` added and applies it.
@@ -198,24 +229,21 @@ impl Gateway {
         })
     }
 
-    /// Whether the pin directory holds a TC link of `dev`.
-    fn tc_link_pinned(&self, dev: &str) -> bool {
+    /// Whether the pin directory holds a link of `program` on `dev`.
+    fn link_pinned(&self, program: &str, dev: &str) -> bool {
         let Ok(links) = std::fs::read_dir(self.gateway_pins().join("links")) else {
             return false;
         };
-        let pin = format!("tc_nat64_l3@{dev}@");
+        let pin = format!("{program}@{dev}@");
         links
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(&pin))
     }
 
-    /// The revision of TCX ingress of `dev` and the id of `tc_nat64_l3` there.
-    fn nat64_prog(&self, dev: &str) -> Option<(u64, u32)> {
+    /// The revision of TCX ingress of `dev` and the id of `program` there.
+    fn nat64_prog(&self, dev: &str, program: &str) -> Option<(u64, u32)> {
         let tcx = self.tcx_ingress(dev)?;
-        let (id, _) = tcx
-            .progs
-            .into_iter()
-            .find(|(_, name)| name == "tc_nat64_l3")?;
+        let (id, _) = tcx.progs.into_iter().find(|(_, name)| name == program)?;
         Some((tcx.revision, id))
     }
 
@@ -260,6 +288,108 @@ impl Gateway {
             daemon.logs.lock().unwrap()
         );
         daemon
+    }
+}
+
+const PUBLIC: &str = "185.69.166.123";
+/// The classifier for links with an Ethernet header (the veth standing in for WireGuard).
+const ETH: &str = "tc_nat64_eth";
+
+fn public_ip(seen: &str) -> &str {
+    seen.rsplit_once(':').map_or(seen, |(ip, _)| ip)
+}
+
+impl Gateway {
+    /// The node behind the node-facing link: an address of its `xlat_range6`, a default
+    /// route to the gateway (fe80::1 on `n64`), which routes the node's /63 back to it as
+    /// the concentrator does.
+    fn wire_node(&self) {
+        let node = &self.node;
+        node.ip(&["link", "set", "n64p", "up"]).unwrap();
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_XLAT}/64"),
+            "dev",
+            "n64p",
+            "nodad",
+        ])
+        .unwrap();
+        node.ip(&[
+            "-6", "route", "add", "default", "via", "fe80::1", "dev", "n64p",
+        ])
+        .unwrap();
+        node.exec("ethtool", &["-K", "n64p", "tx", "off"]).unwrap();
+        for args in [
+            &["-6", "addr", "add", "fe80::1/64", "dev", NODE_LINK, "nodad"][..],
+            &["-6", "route", "replace", NODE_PREFIX, "dev", NODE_LINK][..],
+        ] {
+            let out = self.in_gateway("ip").args(args).output().unwrap();
+            assert_success(&out, args);
+        }
+    }
+
+    /// A UDP server on the internet host answering each datagram with the address it came
+    /// from; returns its address.
+    fn udp_reflector(&self) -> SocketAddrV4 {
+        let socket = self
+            .internet
+            .run(|| UdpSocket::bind(format!("{INTERNET}:0")).unwrap())
+            .unwrap();
+        let std::net::SocketAddr::V4(addr) = socket.local_addr().unwrap() else {
+            unreachable!("bound to an IPv4 address")
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(from.to_string().as_bytes(), from);
+            }
+        });
+        addr
+    }
+
+    /// `server` as the node addresses it: embedded in the configured NAT64 prefix.
+    fn nat64_address(&self, server: SocketAddrV4) -> SocketAddrV6 {
+        let net: ipnet::Ipv6Net = PREFIX.parse().unwrap();
+        let len = u32::from(net.prefix_len());
+        let config = Nat64Config::new(net.network().octets(), len).unwrap();
+        let addr = config.embed(server.ip().octets());
+        SocketAddrV6::new(addr.into(), server.port(), 0, 0)
+    }
+
+    /// The translators' counters that are not zero (for failure messages).
+    fn nonzero_counters(&self) -> String {
+        let stats = self.exitd(&["nat", "stats", "--json", "--config", &self.config()]);
+        let stats: Value = serde_json::from_str(&stats).unwrap();
+        let nonzero = |list: &Value| -> Vec<String> {
+            let list = list.as_array().cloned().unwrap_or_default();
+            list.iter()
+                .filter(|v| v["packets"] != 0)
+                .map(|v| format!("{}={}", v["verdict"], v["packets"]))
+                .collect()
+        };
+        format!(
+            "nat4 {:?}, nat64 {:?}",
+            nonzero(&stats["verdicts"]),
+            nonzero(&stats["nat64"]["verdicts"])
+        )
+    }
+
+    /// One datagram from the node's `[NODE_XLAT]:port` to `target`: what the server saw.
+    fn udp_ask(&self, port: u16, target: SocketAddrV6) -> Option<String> {
+        let socket = self
+            .node
+            .run(move || UdpSocket::bind(format!("[{NODE_XLAT}]:{port}")))
+            .unwrap()
+            .ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        socket.send_to(b"who am I", target).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
 
@@ -346,15 +476,13 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
 
     // Attached in the kernel, and the link pinned (exitd pins right after attaching).
     let attached = poll_until(Duration::from_secs(20), || {
-        let prog = gw.nat64_prog(NODE_LINK)?;
-        gw.tc_link_pinned(NODE_LINK).then_some(prog)
+        let prog = gw.nat64_prog(NODE_LINK, ETH)?;
+        gw.link_pinned(ETH, NODE_LINK).then_some(prog)
     });
     let (revision, prog) = attached.unwrap_or_else(|| {
         let logs = daemon.logs.lock().unwrap().join("\n");
         let tcx = gw.tcx_ingress(NODE_LINK);
-        panic!(
-            "tc_nat64_l3 is not attached and pinned on {NODE_LINK}: {tcx:?}\nexitd's log:\n{logs}"
-        )
+        panic!("{ETH} is not attached and pinned on {NODE_LINK}: {tcx:?}\nexitd's log:\n{logs}")
     });
 
     // One set of maps: the classifier and xdp_fwd6 use the pinned maps, not copies.
@@ -370,7 +498,7 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         "FW_PORTS",
     ] {
         let id = gw.pinned_map_id(map);
-        assert!(tc_maps.contains(&id), "tc_nat64_l3 uses the pinned {map}");
+        assert!(tc_maps.contains(&id), "{ETH} uses the pinned {map}");
     }
     for map in ["CT4", "NAT4_CONFIG", "FW_PORTS", "FW_LINKS", "XDP_TAILS"] {
         let id = gw.pinned_map_id(map);
@@ -409,14 +537,35 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
     // XLAT6 through the map handle the concentrator uses: add two nodes, then remove one.
     let pins = PinDir::new(gw.gateway_pins());
     let mut xlat = Xlat6Map::open_pinned(&pins).unwrap();
-    let nodes: Vec<ipnet::Ipv6Net> = ["2001:db8:ed0:2::/63", "2001:db8:ed0:4::/63"]
+    let nodes: Vec<ipnet::Ipv6Net> = [NODE_PREFIX, "2001:db8:ed0:4::/63"]
         .iter()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(xlat.sync(&xlat_table(&nodes, 9)).unwrap(), (2, 0, 0));
+    assert_eq!(
+        xlat.sync(&xlat_table(&nodes, n64_index)).unwrap(),
+        (2, 0, 0)
+    );
     assert_eq!(gw.dump("XLAT6").len(), 2);
-    assert_eq!(xlat.sync(&xlat_table(&nodes[..1], 9)).unwrap(), (0, 0, 1));
+    let one = xlat_table(&nodes[..1], n64_index);
+    assert_eq!(xlat.sync(&one).unwrap(), (0, 0, 1));
     assert_eq!(gw.dump("XLAT6").len(), 1);
+
+    // A node's UDP through the translator: the internet host sees the public IPv4.
+    let reflector = gw.udp_reflector();
+    gw.wire_node();
+    let target = gw.nat64_address(reflector);
+    let seen = poll_until(Duration::from_secs(20), || gw.udp_ask(5001, target));
+    assert_eq!(
+        seen.as_deref().map(public_ip),
+        Some(PUBLIC),
+        "translated to the public IPv4; counters: {}",
+        gw.nonzero_counters()
+    );
+    let listed = gw.exitd(&["nat", "list", "--json", "--config", &gw.config()]);
+    assert!(
+        listed.contains("\"kind\": \"nat64\"") && listed.contains(NODE_XLAT),
+        "exitd nat list shows the NAT64 connection: {listed}"
+    );
 
     // Visible in the CLI and the metrics.
     let stats: Value =
@@ -446,18 +595,24 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
     daemon.stop();
     let attached = Some((revision, prog));
     assert_eq!(
-        gw.nat64_prog(NODE_LINK),
+        gw.nat64_prog(NODE_LINK, ETH),
         attached,
         "still attached while exitd is down"
     );
     let daemon = gw.start();
     assert!(daemon.logged("exitd running"));
     assert_eq!(
-        gw.nat64_prog(NODE_LINK),
+        gw.nat64_prog(NODE_LINK, ETH),
         attached,
         "untouched by the restart"
     );
     assert_eq!(gw.dump("XLAT6").len(), 1, "XLAT6 survives the restart");
+    let again = gw.udp_ask(5002, target);
+    assert_eq!(
+        again.as_deref().map(public_ip),
+        Some(PUBLIC),
+        "translation goes on"
+    );
     drop(daemon);
 
     // `exitd dataplane detach` takes the TC link with it.
@@ -469,7 +624,7 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         .output()
         .unwrap();
     assert_success(&out, &["dataplane detach"]);
-    assert_eq!(gw.nat64_prog(NODE_LINK), None, "detached");
+    assert_eq!(gw.nat64_prog(NODE_LINK, ETH), None, "detached");
 }
 
 /// The concentrator role with NAT64 on its interface (the default of `interfaces`): its
@@ -497,7 +652,8 @@ fn the_concentrator_keeps_the_nodes_xlat_ranges_on_its_interface() {
     let daemon = gw.start();
     assert!(daemon.logged("concentrator running"));
     let attached = poll_until(Duration::from_secs(20), || {
-        gw.nat64_prog(&wg).filter(|_| gw.tc_link_pinned(&wg))
+        gw.nat64_prog(&wg, "tc_nat64_l3")
+            .filter(|_| gw.link_pinned("tc_nat64_l3", &wg))
     });
     assert!(
         attached.is_some(),

@@ -100,9 +100,54 @@ pub fn set_tx_checksum(name: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name`'s frames start with an Ethernet header (ARPHRD_ETHER: veths, NICs),
+/// rather than with the IP header (WireGuard and TUN devices).
+pub fn has_ethernet_header(name: &str) -> Result<bool> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    const ARPHRD_ETHER: u16 = 1;
+    /// `struct ifreq` with its `ifr_hwaddr` member: the name, then a sockaddr whose family
+    /// is the hardware type; 40 bytes in all.
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IF_NAMESIZE],
+        hw_family: u16,
+        _rest: [u8; 22],
+    }
+    validate_name(name)?;
+    let mut req = IfReq {
+        name: [0; libc::IF_NAMESIZE],
+        hw_family: 0,
+        _rest: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `req` is a valid ifreq the kernel fills.
+    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("cannot read the link type of {name}: {err}");
+    }
+    Ok(req.hw_family == ARPHRD_ETHER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_no_ethernet_header() {
+        // ARPHRD_LOOPBACK; every namespace has `lo`.
+        assert!(!has_ethernet_header("lo").unwrap());
+        assert!(has_ethernet_header("no-such-link0").is_err());
+    }
 
     #[test]
     fn names_longer_than_15_bytes_are_refused() {
