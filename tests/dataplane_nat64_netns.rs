@@ -22,7 +22,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use common::{assert_success, clean_run, collect_logs};
 use exitd::dataplane::{PinDir, nat64::xlat_table, nat64_maps::Xlat6Map};
 use exitd_common::nat64::Nat64Config;
-use exitd_testkit::{Etcd, NetNs, TestPins, poll_until, require_root, veth_pair};
+use exitd_testkit::{Etcd, NetNs, TestPins, poll_until, require_root};
 use serde_json::Value;
 use std::{
     net::{SocketAddrV4, SocketAddrV6, UdpSocket},
@@ -80,29 +80,8 @@ impl Gateway {
             // Unique per test: WireGuard control sockets are shared machine-wide.
             alloc_nr: 61_000 + (pid % 1_000) * 10 + n,
         };
-        gw.wire_upstream();
+        common::wire_upstream(&gw.upstream, &gw.host, &gw.internet, INTERNET);
         gw
-    }
-
-    /// The upstream router (185.69.166.1) and an internet host behind it, sending without
-    /// checksum offload as a real router's forwarded traffic arrives.
-    fn wire_upstream(&self) {
-        veth_pair(&self.upstream, "port0", &self.host, "upl0").unwrap();
-        veth_pair(&self.upstream, "port1", &self.internet, "eth0").unwrap();
-        let up = &self.upstream;
-        up.ip(&["addr", "add", "185.69.166.1/24", "dev", "port0"])
-            .unwrap();
-        up.ip(&["addr", "add", "198.51.100.1/24", "dev", "port1"])
-            .unwrap();
-        up.sysctl("net.ipv4.ip_forward", "1").unwrap();
-        let inet = &self.internet;
-        inet.ip(&["addr", "add", &format!("{INTERNET}/24"), "dev", "eth0"])
-            .unwrap();
-        inet.ip(&["route", "add", "default", "via", "198.51.100.1"])
-            .unwrap();
-        for (ns, dev) in [(up, "port0"), (up, "port1"), (inet, "eth0")] {
-            ns.exec("ethtool", &["-K", dev, "tx", "off"]).unwrap();
-        }
     }
 
     /// Writes the configuration with `sections` added and applies it.

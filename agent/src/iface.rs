@@ -84,20 +84,28 @@ pub fn set_tx_checksum(name: &str, on: bool) -> Result<()> {
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
+    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_value.
+    unsafe { interface_ioctl(SIOCETHTOOL, &mut req) }
+        .map_err(|err| anyhow::anyhow!("cannot set tx checksum offload of {name}: {err}"))
+}
+
+/// Runs the interface ioctl `request` on `req` (a `struct ifreq`) through a throwaway
+/// datagram socket of the calling thread's network namespace.
+///
+/// # Safety
+/// `req` must be the structure the kernel expects for `request`.
+unsafe fn interface_ioctl<T>(request: libc::c_ulong, req: &mut T) -> std::io::Result<()> {
     // SAFETY: a plain datagram socket, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_value.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    // SAFETY: the caller guarantees `req` matches `request`.
+    let rc = unsafe { libc::ioctl(fd, request, req as *mut T) };
     let err = std::io::Error::last_os_error();
     // SAFETY: `fd` is ours.
     unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("cannot set tx checksum offload of {name}: {err}");
-    }
-    Ok(())
+    if rc != 0 { Err(err) } else { Ok(()) }
 }
 
 /// Whether `name`'s frames start with an Ethernet header (ARPHRD_ETHER: veths, NICs),
@@ -122,19 +130,9 @@ pub fn has_ethernet_header(name: &str) -> Result<bool> {
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
     // SAFETY: `req` is a valid ifreq the kernel fills.
-    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("cannot read the link type of {name}: {err}");
-    }
+    unsafe { interface_ioctl(SIOCGIFHWADDR, &mut req) }
+        .map_err(|err| anyhow::anyhow!("cannot read the link type of {name}: {err}"))?;
     Ok(req.hw_family == ARPHRD_ETHER)
 }
 
