@@ -568,6 +568,36 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         metrics.contains("exitd_firewall_dropped_packets_total{"),
         "{metrics}"
     );
+    for verdict in ["new_out", "in"] {
+        let sample = format!(
+            "exitd_nat64_packets_total{{namespace=\"{}\",verdict=\"{verdict}\"}} ",
+            gw.gateway()
+        );
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample.as_str()))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(
+            counted.is_some_and(|n| n >= 1),
+            "the datagram and its answer are counted ({verdict}): {metrics}"
+        );
+    }
+    let pin_dir = gw.gateway_pins();
+    let stats = gw.exitd(&[
+        "dataplane",
+        "stats",
+        "--json",
+        "--pin-dir",
+        pin_dir.to_str().unwrap(),
+    ]);
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let listed = stats["attachments"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|a| a["program"] == ETH && a["ifname"] == NODE_LINK),
+        "exitd dataplane stats lists the TC attachment: {stats}"
+    );
 
     // A restart keeps the attachment: same program, and the same revision of the link's
     // program list (any detach or re-attach in between would have changed it).
