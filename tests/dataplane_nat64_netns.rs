@@ -2,7 +2,8 @@
 //! the NAT64 classifier is attached to TC ingress of the node-facing link once that link
 //! appears (as the concentrator's interface does, after the forwarder started), shares
 //! every pinned map with `xdp_fwd6` on the uplink, gets its prefix and the firewall's
-//! entries, translates a node's UDP to the gateway's public IPv4 and back, and stays
+//! entries, translates a node's UDP to the gateway's public IPv4 and back, drops what the
+//! node sends to a closed control port of the gateway, and stays
 //! attached — same program, untouched — across a restart of exitd. Checked with `bpftool`
 //! and the kernel's TCX query. Needs root.
 //!
@@ -337,6 +338,27 @@ impl Gateway {
         SocketAddrV6::new(addr.into(), server.port(), 0, 0)
     }
 
+    /// IPv6 packets the firewall dropped, per `exitd nat stats`.
+    fn firewall_drops6(&self) -> u64 {
+        let stats = self.exitd(&["nat", "stats", "--json", "--config", &self.config()]);
+        let stats: Value = serde_json::from_str(&stats).unwrap();
+        stats["nat64"]["firewall_dropped"]["ipv6"]["packets"]
+            .as_u64()
+            .expect("firewall counters")
+    }
+
+    /// One UDP datagram from the node to the gateway's fe80::1 on `port`.
+    fn node_to_gateway_port(&self, port: u16) {
+        self.node
+            .run(move || {
+                let scope = exitd::iface::index_of("n64p").unwrap();
+                let gateway = SocketAddrV6::new("fe80::1".parse().unwrap(), port, 0, scope);
+                let socket = UdpSocket::bind("[::]:0").unwrap();
+                socket.send_to(b"let me in", gateway).unwrap();
+            })
+            .unwrap();
+    }
+
     /// The translators' counters that are not zero (for failure messages).
     fn nonzero_counters(&self) -> String {
         let stats = self.exitd(&["nat", "stats", "--json", "--config", &self.config()]);
@@ -540,6 +562,13 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         "translated to the public IPv4; counters: {}",
         gw.nonzero_counters()
     );
+    // The node cannot reach a control port of the gateway (udp/5353 is closed).
+    let drops_before = gw.firewall_drops6();
+    gw.node_to_gateway_port(5353);
+    let dropped = poll_until(Duration::from_secs(5), || {
+        (gw.firewall_drops6() > drops_before).then_some(())
+    });
+    assert!(dropped.is_some(), "the firewall drops and counts it");
     let listed = gw.exitd(&["nat", "list", "--json", "--config", &gw.config()]);
     assert!(
         listed.contains("\"kind\": \"nat64\"") && listed.contains(NODE_XLAT),
