@@ -65,10 +65,8 @@ struct Nat64 {
 impl Nat64 {
     fn new(port_min: u16, port_max: u16) -> Nat64 {
         let mut ebpf = Ebpf::load(exitd::dataplane::OBJECT).unwrap();
-        for name in ["xdp_fwd6"] {
-            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().expect("the verifier accepts xdp_fwd6");
-        }
+        let fwd: &mut Xdp = ebpf.program_mut("xdp_fwd6").unwrap().try_into().unwrap();
+        fwd.load().expect("the verifier accepts xdp_fwd6");
         for name in ["tc_nat64_eth", "tc_nat64_l3"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
