@@ -14,8 +14,9 @@ use aya::{
     programs::{ProgramFd, SchedClassifier, Xdp},
 };
 use exitd_common::nat64::{
-    TC_NAT64_ICMP_ETH, TC_NAT64_ICMP_L3, TC_TAIL_ICMP_ETH, TC_TAIL_ICMP_L3, TC_TAILS_MAP,
-    XDP_NAT64_IN, XDP_TAIL_NAT64_IN, XDP_TAILS_MAP,
+    TC_NAT44_ETH, TC_NAT44_L3, TC_NAT64_ICMP_ETH, TC_NAT64_ICMP_L3, TC_TAIL_ICMP_ETH,
+    TC_TAIL_ICMP_L3, TC_TAIL_NAT44_ETH, TC_TAIL_NAT44_L3, TC_TAILS_MAP, XDP_NAT64_IN,
+    XDP_TAIL_NAT64_IN, XDP_TAILS_MAP,
 };
 
 /// The program arrays (pinned with the other maps).
@@ -28,11 +29,18 @@ pub fn fill(ebpf: &mut Ebpf) -> Result<()> {
     let xdp_in = load_xdp(ebpf, XDP_NAT64_IN)?;
     let icmp_l3 = load_classifier(ebpf, TC_NAT64_ICMP_L3)?;
     let icmp_eth = load_classifier(ebpf, TC_NAT64_ICMP_ETH)?;
+    let nat44_l3 = load_classifier(ebpf, TC_NAT44_L3)?;
+    let nat44_eth = load_classifier(ebpf, TC_NAT44_ETH)?;
     set(ebpf, XDP_TAILS_MAP, &[(XDP_TAIL_NAT64_IN, &xdp_in)])?;
     set(
         ebpf,
         TC_TAILS_MAP,
-        &[(TC_TAIL_ICMP_L3, &icmp_l3), (TC_TAIL_ICMP_ETH, &icmp_eth)],
+        &[
+            (TC_TAIL_ICMP_L3, &icmp_l3),
+            (TC_TAIL_ICMP_ETH, &icmp_eth),
+            (TC_TAIL_NAT44_L3, &nat44_l3),
+            (TC_TAIL_NAT44_ETH, &nat44_eth),
+        ],
     )
 }
 
