@@ -655,25 +655,25 @@ fn rewrite<C: net::Packet, const OFF: usize>(
             (_, false) => (*head).word1,
         }
     };
-    let l4_delta = CsumDelta::new().addr(old_addr, addr).word(old_port, port);
+    let pseudo = CsumDelta::new().addr(old_addr, addr);
+    let l4 = OFF + Ipv4Hdr::LEN;
     match pkt.proto {
-        net::IPPROTO_TCP => {
-            let check: *mut u16 =
-                ptr_at(ctx, OFF + Ipv4Hdr::LEN + TCP_CSUM_OFF).ok_or(Nat4Verdict::PassMalformed)?;
-            // SAFETY: ptr_at checked the field is inside the packet.
-            unsafe { *check = l4_delta.apply(*check) };
-        }
-        // SAFETY: the UDP checksum is word3 of the checked head; 0 means "none".
-        net::IPPROTO_UDP => unsafe {
-            if (*head).word3 != 0 {
-                (*head).word3 = udp_check(l4_delta.apply((*head).word3));
+        net::IPPROTO_TCP | net::IPPROTO_UDP => {
+            let (off, udp) = match pkt.proto {
+                net::IPPROTO_TCP => (l4 + TCP_CSUM_OFF, false),
+                _ => (l4 + 6, true),
+            };
+            if !ctx.l4_checksum(off, pseudo, old_port, port, udp) {
+                return Err(Nat4Verdict::PassMalformed);
             }
-        },
+        }
         // SAFETY: the ICMP checksum is word1 and covers no pseudo-header.
         _ => unsafe {
             (*head).word1 = CsumDelta::new().word(old_port, port).apply((*head).word1);
         },
     }
+    // The checksum helper may have moved the packet data (TC): the head again.
+    let head: *mut L4Head = ptr_at(ctx, l4).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: as above.
     unsafe {
         match (pkt.proto, out) {

@@ -720,7 +720,7 @@ fn translate_out<const L3: usize>(
     ip: &Ip6,
     key: &Ct6Key,
     remote: [u8; 4],
-    (w0, _w1, w2, w3): (u16, u16, u16, u16),
+    (w0, _w1, w2, _w3): (u16, u16, u16, u16),
     port: u16,
 ) -> Result<(), Nat64Verdict> {
     let proto = proto4(ip.next_header);
@@ -728,26 +728,21 @@ fn translate_out<const L3: usize>(
         .addr16_to_4(key.src, n4.public)
         .addr16_to_4(key.dst, remote);
     let l4_old = L3 + Ipv6Hdr::LEN;
-    // The L4 checksum, computed before the header moves.
-    let (check_off, new_check, new_w0) = match proto {
-        net::IPPROTO_TCP => {
-            let check: *const u16 =
-                ptr_at(ctx, l4_old + TCP_CSUM_OFF).ok_or(Nat64Verdict::DropMalformed)?;
-            // SAFETY: ptr_at checked the field is inside the packet.
-            let old = unsafe { *check };
-            (TCP_CSUM_OFF, pseudo.word(w0, port).apply(old), port)
-        }
-        net::IPPROTO_UDP => (6, nat4::udp_check(pseudo.word(w0, port).apply(w3)), port),
-        _ => {
-            let echo = u16::from_ne_bytes([net::ICMP_ECHO_REQUEST, w0.to_ne_bytes()[1]]);
-            let mut delta = CsumDelta::new().word(w0, echo).word(w2, port);
-            delta = minus_delta(delta, pseudo6_icmp(key.src, key.dst, ip.payload_len));
-            // SAFETY: the ICMP checksum is word1 of the head; read before the move.
-            let old = unsafe {
-                (*ptr_at::<L4Head, _>(ctx, l4_old).ok_or(Nat64Verdict::DropMalformed)?).word1
-            };
-            (2, delta.apply(old), echo)
-        }
+    // ICMP's checksum (no pseudo-header in ICMPv4, never offloaded) is computed here,
+    // before the header moves; TCP's and UDP's go through the kernel's helper after it.
+    let icmp_check = if proto == ICMP4 {
+        let echo = u16::from_ne_bytes([net::ICMP_ECHO_REQUEST, w0.to_ne_bytes()[1]]);
+        let delta = minus_delta(
+            CsumDelta::new().word(w0, echo).word(w2, port),
+            pseudo6_icmp(key.src, key.dst, ip.payload_len),
+        );
+        // SAFETY: ptr_at checked the head; read before the move.
+        let old = unsafe {
+            (*ptr_at::<L4Head, _>(ctx, l4_old).ok_or(Nat64Verdict::DropMalformed)?).word1
+        };
+        Some((echo, delta.apply(old)))
+    } else {
+        None
     };
     ctx.change_proto(net::ETH_P_IP.to_be(), 0)
         .map_err(|_| Nat64Verdict::DropResize)?;
@@ -762,16 +757,26 @@ fn translate_out<const L3: usize>(
     let l4 = L3 + Ipv4Hdr::LEN;
     let ip4: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(Nat64Verdict::DropResize)?;
     let head: *mut L4Head = ptr_at(ctx, l4).ok_or(Nat64Verdict::DropResize)?;
-    let check: *mut u16 = ptr_at(ctx, l4 + check_off).ok_or(Nat64Verdict::DropResize)?;
-    // SAFETY: ptr_at checked every pointer after the resize.
+    // SAFETY: ptr_at checked both pointers after the resize.
     unsafe {
         *ip4 = hdr;
-        *check = new_check;
-        if proto == ICMP4 {
-            (*head).word0 = new_w0;
-            (*head).word2 = port;
+        match icmp_check {
+            Some((echo, check)) => {
+                (*head).word0 = echo;
+                (*head).word1 = check;
+                (*head).word2 = port;
+            }
+            None => (*head).word0 = port,
+        }
+    }
+    if icmp_check.is_none() {
+        let (off, udp) = if proto == net::IPPROTO_TCP {
+            (TCP_CSUM_OFF, false)
         } else {
-            (*head).word0 = port;
+            (6, true)
+        };
+        if !ctx.l4_checksum(l4 + off, pseudo, w0, port, udp) {
+            return Err(Nat64Verdict::DropResize);
         }
     }
     Ok(())
