@@ -17,9 +17,10 @@ use aya::{
     maps::{Array, HashMap},
     programs::{SchedClassifier, TcAttachType, Xdp, tc, xdp::XdpMode},
 };
+use exitd::{dataplane::nat4::translator_config, plan::NatSettings};
 use exitd_common::{
     ROUTE_NEIGH_KNOWN,
-    nat4::{NAT4_ENABLED, Nat4Config, Route4, TIMEOUT_COUNT, Timeout},
+    nat4::{Nat4Config, Route4},
     nat64::{Nat64Config, WELL_KNOWN_PREFIX, XlatSource},
 };
 use exitd_testkit::{NetNs, require_root, veth_pair};
@@ -157,19 +158,7 @@ fn attach(up: Route4, node_link: u32) -> Ebpf {
     cls.load().unwrap();
     cls.attach("g0", TcAttachType::Ingress).unwrap();
     exitd::dataplane::tails::fill(&mut ebpf).unwrap();
-    let mut timeouts = [0u32; TIMEOUT_COUNT];
-    timeouts[Timeout::TcpEstablished as usize] = 7440;
-    timeouts[Timeout::TcpTransitory as usize] = 240;
-    timeouts[Timeout::Udp as usize] = 300;
-    timeouts[Timeout::Icmp as usize] = 30;
-    let n4 = Nat4Config {
-        public: PUBLIC.octets(),
-        port_min: 1024,
-        port_max: 60999,
-        flags: NAT4_ENABLED,
-        upstream: up,
-        timeouts,
-    };
+    let n4 = translator_config(&NatSettings::default(), PUBLIC, up);
     let mut cfg4: Array<_, Nat4Config> =
         Array::try_from(ebpf.map_mut("NAT4_CONFIG").unwrap()).unwrap();
     cfg4.set(0, n4, 0).unwrap();

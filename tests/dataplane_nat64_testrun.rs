@@ -12,11 +12,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, Xdp},
 };
+use exitd::{
+    dataplane::nat4::translator_config,
+    plan::{NatSettings, PortRange},
+};
 use exitd_common::{
     Counters, ROUTE_NEIGH_KNOWN,
-    nat4::{
-        NAT4_ENABLED, Nat4Config, Nat4Verdict, ROUTE4_VIA_KERNEL, Route4, TIMEOUT_COUNT, Timeout,
-    },
+    nat4::{Nat4Config, Nat4Verdict, ROUTE4_VIA_KERNEL, Route4},
     nat64::{FW_DROP4, FW_DROP6, FwPort, Nat64Config, Nat64Verdict, WELL_KNOWN_PREFIX, XlatSource},
 };
 use exitd_testkit::{
@@ -76,25 +78,18 @@ impl Nat64 {
             .unwrap();
         tc.load().expect("the verifier accepts tc_nat64_eth");
         exitd::dataplane::tails::fill(&mut ebpf).expect("tail programs load");
-        let mut timeouts = [0u32; TIMEOUT_COUNT];
-        timeouts[Timeout::TcpEstablished as usize] = 7440;
-        timeouts[Timeout::TcpTransitory as usize] = 240;
-        timeouts[Timeout::Udp as usize] = 300;
-        timeouts[Timeout::Icmp as usize] = 30;
-        let n4 = Nat4Config {
-            public: PUBLIC.octets(),
-            port_min,
-            port_max,
-            flags: NAT4_ENABLED,
-            upstream: Route4 {
-                ifindex: UPLINK,
-                tenant: 0,
-                dst_mac: UP_NEXT_MAC,
-                src_mac: UP_OWN_MAC,
-                flags: ROUTE_NEIGH_KNOWN,
-            },
-            timeouts,
+        let settings = NatSettings {
+            ports: PortRange(port_min, port_max),
+            ..NatSettings::default()
         };
+        let upstream = Route4 {
+            ifindex: UPLINK,
+            tenant: 0,
+            dst_mac: UP_NEXT_MAC,
+            src_mac: UP_OWN_MAC,
+            flags: ROUTE_NEIGH_KNOWN,
+        };
+        let n4 = translator_config(&settings, PUBLIC, upstream);
         let mut nat = Nat64 { ebpf };
         nat.array("NAT4_CONFIG").set(0, n4, 0).unwrap();
         let n64 = Nat64Config::new(WELL_KNOWN_PREFIX, 96).unwrap();
@@ -171,6 +166,18 @@ impl Nat64 {
         let ip = run.packet[14..].to_vec();
         packet4::verify_checksums(&ip).unwrap();
         ip
+    }
+
+    /// The node's `frame` goes to the kernel unchanged, counted under `why`.
+    fn assert_left_to_the_kernel(&self, frame: &[u8], why: Nat64Verdict) {
+        let before = self.nat64_count(why);
+        let run = self.tc(frame);
+        assert_eq!(
+            (run.verdict, &run.packet[..]),
+            (tc_action::OK, frame),
+            "{why:?}"
+        );
+        assert_eq!(self.nat64_count(why), before + 1, "{why:?}");
     }
 
     /// Delivers `ip4` on the uplink and returns the IPv6 packet handed to the kernel.
@@ -323,22 +330,11 @@ fn only_the_nodes_xlat_prefixes_and_global_destinations_are_translated() {
         "RFC 6052: no non-global IPv4 with 64:ff9b::/96"
     );
     assert_eq!(nat.nat64_count(Nat64Verdict::DropNonGlobal), 1);
+    // Native IPv6, and the last hop's TTL (the kernel sends Time Exceeded).
     let native = frame6(&ipv6_udp(NODE, OTHER, 1, 2, 64, b"x"));
-    let run = nat.tc(&native);
-    assert_eq!(
-        (run.verdict, run.packet),
-        (tc_action::OK, native),
-        "native IPv6 untouched"
-    );
-    assert_eq!(nat.nat64_count(Nat64Verdict::PassNotNat64), 1);
+    nat.assert_left_to_the_kernel(&native, Nat64Verdict::PassNotNat64);
     let last_hop = frame6(&ipv6_udp(NODE, nat64(REMOTE), 1, 2, 1, b"x"));
-    let run = nat.tc(&last_hop);
-    assert_eq!(
-        (run.verdict, run.packet),
-        (tc_action::OK, last_hop),
-        "the kernel sends Time Exceeded"
-    );
-    assert_eq!(nat.nat64_count(Nat64Verdict::PassHopLimit), 1);
+    nat.assert_left_to_the_kernel(&last_hop, Nat64Verdict::PassHopLimit);
 }
 
 #[test]

@@ -1088,16 +1088,19 @@ pub(crate) fn xdp_reply(
     entry: &CtEntry,
 ) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = match try_reply(ctx, pkt, head, entry) {
-        Ok(()) => Nat64Verdict::In,
-        Err(verdict) => verdict,
+    to_kernel_or_drop(try_reply(ctx, pkt, head, entry), Nat64Verdict::In, len)
+}
+
+/// Counts the outcome of a translation to IPv6: translated packets go to the kernel
+/// (counted as `done`), the rest is dropped.
+#[inline(always)]
+fn to_kernel_or_drop(result: Result<(), Nat64Verdict>, done: Nat64Verdict, len: u64) -> u32 {
+    let (verdict, action) = match result {
+        Ok(()) => (done, xdp_action::XDP_PASS),
+        Err(verdict) => (verdict, xdp_action::XDP_DROP),
     };
     count(&NAT64_STATS, verdict as u32, len);
-    if verdict == Nat64Verdict::In {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    action
 }
 
 #[inline(always)]
@@ -1217,16 +1220,8 @@ pub(crate) fn xdp_icmp_error(
     quotes_tcp_check: bool,
 ) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = match try_icmp_error(ctx, pkt, head, entry, quotes_tcp_check) {
-        Ok(()) => Nat64Verdict::IcmpErrorIn,
-        Err(verdict) => verdict,
-    };
-    count(&NAT64_STATS, verdict as u32, len);
-    if verdict == Nat64Verdict::IcmpErrorIn {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    let result = try_icmp_error(ctx, pkt, head, entry, quotes_tcp_check);
+    to_kernel_or_drop(result, Nat64Verdict::IcmpErrorIn, len)
 }
 
 #[inline(always)]
