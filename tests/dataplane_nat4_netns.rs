@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{assert_success, clean_run};
+use common::{assert_success, clean_run, collect_logs};
 use exitd_testkit::{NetNs, TestPins, poll_until, require_root, veth_pair};
 use std::{
     io::{Read, Write},
@@ -264,23 +264,6 @@ impl Drop for Site {
     fn drop(&mut self) {
         clean_run(&self.dir, &self.prefix);
     }
-}
-
-/// Every line the child logs to stderr, as it comes.
-fn collect_logs(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
 }
 
 /// Received count from ping's summary line.

@@ -53,6 +53,13 @@ pub struct DataplaneConfig {
     /// The eBPF IPv4 translator (`[dataplane.nat]`): port ranges, size, timeouts.
     #[serde(default)]
     pub nat: crate::plan::NatSettings,
+    /// NAT64 for 464XLAT Parker nodes (`[dataplane.nat64]`); absent: off.
+    #[serde(default)]
+    pub nat64: Option<crate::dataplane::nat64::Nat64Section>,
+    /// The gateway's own firewall (`[dataplane.firewall]`); absent: on with defaults
+    /// when NAT64 is on, off otherwise.
+    #[serde(default)]
+    pub firewall: Option<crate::dataplane::nat64::FirewallSection>,
 }
 
 impl Default for DataplaneConfig {
@@ -64,6 +71,8 @@ impl Default for DataplaneConfig {
             forward: true,
             detach_on_exit: false,
             nat: crate::plan::NatSettings::default(),
+            nat64: None,
+            firewall: None,
         }
     }
 }
@@ -97,6 +106,7 @@ impl Config {
     fn validate(&self) -> Result<()> {
         self.admin.validate()?;
         self.dataplane.nat.validate()?;
+        crate::dataplane::nat64::validate(self)?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

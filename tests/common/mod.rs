@@ -2,7 +2,11 @@
 //! (included with `mod common;`; not every test uses every piece).
 #![allow(dead_code)]
 
-use std::{path::Path, process::Output};
+use std::{
+    path::Path,
+    process::{Child, Output},
+    sync::{Arc, Mutex},
+};
 
 /// Fails with the command's stderr and stdout unless it succeeded.
 pub fn assert_success(out: &Output, what: &[&str]) {
@@ -26,4 +30,21 @@ pub fn clean_run(dir: &Path, prefix: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every line `child` logs to stderr (which must be piped), collected as it comes.
+pub fn collect_logs(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }

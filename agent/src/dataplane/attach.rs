@@ -8,10 +8,10 @@ use aya::{
     programs::{
         Xdp,
         links::{FdLink, PinnedLink},
-        xdp::{XdpLink, XdpMode},
+        xdp::XdpMode,
     },
 };
-use exitd_common::{IFACE_COUNTERS_MAP, nat4::CT4_MAP};
+use exitd_common::{IFACE_COUNTERS_MAP, nat4::CT4_MAP, nat64::CT6_MAP};
 use std::{fs, path::PathBuf};
 
 /// XDP attachment mode as an operator chooses it.
@@ -73,7 +73,7 @@ pub struct Attachment {
     /// False when the interface was deleted or recreated since: the link is defunct.
     pub live: bool,
     #[serde(skip)]
-    pin: PathBuf,
+    pub(super) pin: PathBuf,
 }
 
 /// Pin file name of an XDP link: program, interface name and index, so a link left behind
@@ -84,10 +84,12 @@ fn link_file_name(program: &str, ifname: &str, ifindex: u32) -> String {
     format!("{program}@{}@{ifindex}", ifname.replace('.', ":"))
 }
 
-fn parse_link_file_name(file: &str) -> Option<(String, String, u32)> {
+/// Program, interface name and index of a link pin whose program name starts with `kind`
+/// (`xdp_` or `tc_`: XDP and TC links share the directory but are attached differently).
+fn parse_link_file_name(file: &str, kind: &str) -> Option<(String, String, u32)> {
     let (program, rest) = file.split_once('@')?;
     let (name, index) = rest.rsplit_once('@')?;
-    if !program.starts_with("xdp_") {
+    if !program.starts_with(kind) {
         return None;
     }
     Some((
@@ -99,6 +101,11 @@ fn parse_link_file_name(file: &str) -> Option<(String, String, u32)> {
 
 /// All XDP attachments pinned in `pins`, sorted by interface name.
 pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
+    pinned_links(pins, "xdp_")
+}
+
+/// The link pins in `pins` of programs whose name starts with `kind`, sorted by interface.
+pub(super) fn pinned_links(pins: &PinDir, kind: &str) -> Result<Vec<Attachment>> {
     let dir = pins.links_dir();
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -109,7 +116,9 @@ pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let file = entry.file_name();
-        let Some((program, ifname, ifindex)) = file.to_str().and_then(parse_link_file_name) else {
+        let Some((program, ifname, ifindex)) =
+            file.to_str().and_then(|f| parse_link_file_name(f, kind))
+        else {
             continue;
         };
         let live = iface::index_of(&ifname).ok() == Some(ifindex);
@@ -149,43 +158,20 @@ pub fn attach_xdp_all(
     attach_xdp_all_sized(pins, ifnames, program, mode, None)
 }
 
-/// `attach_xdp_all` that, when it creates the connection-tracking map, gives it
-/// `ct_entries` entries (an existing pinned map keeps its size).
+/// `attach_xdp_all` that, when it creates the connection-tracking maps, sizes them for
+/// `max_connections` (an existing pinned map keeps its size).
 pub fn attach_xdp_all_sized(
     pins: &PinDir,
     ifnames: &[String],
     program: XdpProgram,
     mode: XdpModeArg,
-    ct_entries: Option<u32>,
+    max_connections: Option<u32>,
 ) -> Result<Vec<AttachOutcome>> {
     let name = program.name();
-    let ifindexes = ifnames
-        .iter()
-        .map(|n| iface::index_of(n))
-        .collect::<Result<Vec<u32>>>()?;
-    pins.ensure()?;
-    let existing = attachments(pins)?;
-    let mut outcomes = Vec::with_capacity(ifnames.len());
     let mut ebpf = None;
-    for (ifname, &ifindex) in ifnames.iter().zip(&ifindexes) {
-        if existing
-            .iter()
-            .any(|a| &a.ifname == ifname && a.live && a.program == name)
-        {
-            outcomes.push(AttachOutcome::AlreadyAttached { ifindex });
-            continue;
-        }
-        for old in existing.iter().filter(|a| &a.ifname == ifname) {
-            tracing::info!(
-                ifname,
-                old_ifindex = old.ifindex,
-                old.program,
-                "removing old XDP link"
-            );
-            unpin(old)?;
-        }
+    attach_pinned(pins, ifnames, "xdp_", name, |ifname, ifindex| {
         if ebpf.is_none() {
-            ebpf = Some(load_program(pins, name, ct_entries)?);
+            ebpf = Some(load_program(pins, name, max_connections)?);
         }
         let xdp: &mut Xdp = ebpf
             .as_mut()
@@ -195,27 +181,89 @@ pub fn attach_xdp_all_sized(
         let link_id = xdp
             .attach_to_if_index(ifindex, mode.into())
             .with_context(|| format!("cannot attach {name} to {ifname} in {mode:?} mode"))?;
-        let link = xdp.take_link(link_id)?;
-        pin_link(link, pins, name, ifname, ifindex)?;
         tracing::info!(ifname, ifindex, ?mode, "attached {name}");
+        FdLink::try_from(xdp.take_link(link_id)?).context(
+            "the kernel attached XDP without a bpf_link (kernel older than 5.9?): \
+             the attachment cannot be pinned",
+        )
+    })
+}
+
+/// Attaches `program` to each of `ifnames` with `attach` (which loads the program the first
+/// time it is called, so nothing is loaded when every link is in place) and pins the links.
+/// A live pinned link of the same program is kept; other links of this `kind` (`xdp_`,
+/// `tc_`) on the interface, and stale ones of a recreated interface, are removed first.
+pub(super) fn attach_pinned(
+    pins: &PinDir,
+    ifnames: &[String],
+    kind: &str,
+    program: &str,
+    mut attach: impl FnMut(&str, u32) -> Result<FdLink>,
+) -> Result<Vec<AttachOutcome>> {
+    let ifindexes = ifnames
+        .iter()
+        .map(|n| iface::index_of(n))
+        .collect::<Result<Vec<u32>>>()?;
+    pins.ensure()?;
+    let existing = pinned_links(pins, kind)?;
+    let mut outcomes = Vec::with_capacity(ifnames.len());
+    for (ifname, &ifindex) in ifnames.iter().zip(&ifindexes) {
+        if existing
+            .iter()
+            .any(|a| &a.ifname == ifname && a.live && a.program == program)
+        {
+            outcomes.push(AttachOutcome::AlreadyAttached { ifindex });
+            continue;
+        }
+        for old in existing.iter().filter(|a| &a.ifname == ifname) {
+            tracing::info!(
+                ifname,
+                old_ifindex = old.ifindex,
+                old.program,
+                "removing an old link"
+            );
+            unpin(old)?;
+        }
+        let link = attach(ifname, ifindex)?;
+        let path = pins
+            .links_dir()
+            .join(link_file_name(program, ifname, ifindex));
+        link.pin(&path)
+            .with_context(|| format!("cannot pin the link at {}", path.display()))?;
         outcomes.push(AttachOutcome::Attached { ifindex });
     }
     Ok(outcomes)
 }
 
-/// Loads the object with every map pinned in `pins` (all programs and later runs of exitd
-/// share the same state) and loads `name` into the kernel.
-fn load_program(pins: &PinDir, name: &str, ct_entries: Option<u32>) -> Result<aya::Ebpf> {
+/// Loads the object with every map pinned in `pins`: all programs (XDP and TC) and later
+/// runs of exitd share the same state. Connection tracking is sized for `max_connections`
+/// when this creates the maps.
+pub(super) fn load_object(pins: &PinDir, max_connections: Option<u32>) -> Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
     for map in pinned_maps() {
         loader.map_pin_path(map, pins.map(map));
     }
-    if let Some(entries) = ct_entries {
-        loader.map_max_entries(CT4_MAP, entries);
+    if let Some(max) = max_connections {
+        let (ct4, ct6) = ct_entries(max);
+        loader.map_max_entries(CT4_MAP, ct4);
+        loader.map_max_entries(CT6_MAP, ct6);
     }
-    let mut ebpf = loader.load(OBJECT).context(
+    loader.load(OBJECT).context(
         "cannot load the eBPF object (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?)",
-    )?;
+    )
+}
+
+/// CT4 and CT6 entries for `max_connections`: every connection (NAT44 or NAT64) has two
+/// CT4 entries (its outgoing one and the reply claiming its public port); a NAT64
+/// connection has one CT6 entry besides.
+fn ct_entries(max_connections: u32) -> (u32, u32) {
+    let max = max_connections.max(1);
+    (max.saturating_mul(2), max)
+}
+
+/// Loads the object (see `load_object`) and the XDP program `name` into the kernel.
+fn load_program(pins: &PinDir, name: &str, max_connections: Option<u32>) -> Result<aya::Ebpf> {
+    let mut ebpf = load_object(pins, max_connections)?;
     let xdp: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?
@@ -226,21 +274,7 @@ fn load_program(pins: &PinDir, name: &str, ct_entries: Option<u32>) -> Result<ay
     Ok(ebpf)
 }
 
-fn pin_link(link: XdpLink, pins: &PinDir, program: &str, ifname: &str, ifindex: u32) -> Result<()> {
-    let fd_link = FdLink::try_from(link).context(
-        "the kernel attached XDP without a bpf_link (kernel older than 5.9?): \
-         the attachment cannot be pinned",
-    )?;
-    let path = pins
-        .links_dir()
-        .join(link_file_name(program, ifname, ifindex));
-    fd_link
-        .pin(&path)
-        .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
-    Ok(())
-}
-
-fn unpin(attachment: &Attachment) -> Result<()> {
+pub(super) fn unpin(attachment: &Attachment) -> Result<()> {
     let link = PinnedLink::from_pin(&attachment.pin)
         .with_context(|| format!("cannot open pinned link {}", attachment.pin.display()))?;
     // Dropping the last reference to the link detaches the program.
@@ -251,16 +285,16 @@ fn unpin(attachment: &Attachment) -> Result<()> {
     Ok(())
 }
 
-/// Detaches exitd's XDP program from `ifname`.
+/// Detaches exitd's XDP and TC programs from `ifname`.
 pub fn detach_xdp(pins: &PinDir, ifname: &str) -> Result<()> {
     iface::validate_name(ifname)?;
-    let matching: Vec<_> = attachments(pins)?
+    let matching: Vec<_> = all_links(pins)?
         .into_iter()
         .filter(|a| a.ifname == ifname)
         .collect();
     if matching.is_empty() {
         bail!(
-            "no exitd XDP program is attached to {ifname:?} (nothing pinned in {})",
+            "no exitd program is attached to {ifname:?} (nothing pinned in {})",
             pins.links_dir().display()
         );
     }
@@ -271,10 +305,18 @@ pub fn detach_xdp(pins: &PinDir, ifname: &str) -> Result<()> {
     Ok(())
 }
 
-/// Detaches every pinned XDP program and removes the pinned maps; returns the interfaces.
+/// Every pinned XDP and TC link.
+fn all_links(pins: &PinDir) -> Result<Vec<Attachment>> {
+    let mut links = attachments(pins)?;
+    links.extend(super::tc::tc_attachments(pins)?);
+    Ok(links)
+}
+
+/// Detaches every pinned XDP and TC program and removes the pinned maps; returns the
+/// interfaces.
 pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
     let mut detached = Vec::new();
-    for attachment in attachments(pins)? {
+    for attachment in all_links(pins)? {
         unpin(&attachment)?;
         detached.push(attachment.ifname);
     }
@@ -294,6 +336,7 @@ fn pinned_maps() -> impl Iterator<Item = &'static str> {
     std::iter::once(IFACE_COUNTERS_MAP)
         .chain(FWD6_MAPS)
         .chain(NAT4_MAPS)
+        .chain(super::nat64::NAT64_MAPS)
         .chain(super::tails::TAIL_MAPS)
 }
 
@@ -302,10 +345,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_tracking_is_sized_for_both_translators() {
+        assert_eq!(ct_entries(1_000_000), (2_000_000, 1_000_000));
+        assert_eq!(ct_entries(0), (2, 1), "never an empty map");
+    }
+
+    #[test]
     fn link_file_names_round_trip() {
         let file = link_file_name("xdp_fwd6", "veth-1abc-1", 42);
         assert_eq!(file, "xdp_fwd6@veth-1abc-1@42");
-        let parsed = parse_link_file_name(&file);
+        let parsed = parse_link_file_name(&file, "xdp_");
         assert_eq!(parsed, Some(("xdp_fwd6".into(), "veth-1abc-1".into(), 42)));
     }
 
@@ -313,15 +362,24 @@ mod tests {
     fn dotted_interface_names_get_no_dot_in_the_pin() {
         let file = link_file_name("xdp_count", "eth0.100", 7);
         assert!(!file.contains('.'), "bpffs refuses dots: {file}");
-        let parsed = parse_link_file_name(&file);
+        let parsed = parse_link_file_name(&file, "xdp_");
         assert_eq!(parsed, Some(("xdp_count".into(), "eth0.100".into(), 7)));
     }
 
     #[test]
     fn foreign_files_are_not_links() {
-        assert_eq!(parse_link_file_name("IFACE_COUNTERS"), None);
-        assert_eq!(parse_link_file_name("xdp_count@eth0@x"), None);
-        assert_eq!(parse_link_file_name("eth0@3"), None);
-        assert_eq!(parse_link_file_name("other@eth0@3"), None);
+        assert_eq!(parse_link_file_name("IFACE_COUNTERS", "xdp_"), None);
+        assert_eq!(parse_link_file_name("xdp_count@eth0@x", "xdp_"), None);
+        assert_eq!(parse_link_file_name("eth0@3", "xdp_"), None);
+        assert_eq!(parse_link_file_name("other@eth0@3", "xdp_"), None);
+        assert_eq!(
+            parse_link_file_name("tc_nat64_l3@wg0@3", "xdp_"),
+            None,
+            "TC links are not XDP attachments"
+        );
+        assert_eq!(
+            parse_link_file_name("tc_nat64_l3@wg0@3", "tc_"),
+            Some(("tc_nat64_l3".into(), "wg0".into(), 3))
+        );
     }
 }

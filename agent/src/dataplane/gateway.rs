@@ -9,13 +9,15 @@ use super::{
     AttachOutcome, PinDir, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all_sized,
     fwd6::{Fwd6Maps, Fwd6Table, SyncReport, prefix64},
     nat4::{self, Nat4Maps, Nat4Table},
+    nat64::{self, Nat64Table},
+    nat64_maps::Nat64Maps,
 };
 use crate::{
     netlink::netns,
     plan::{LinkKind, Plan},
 };
 use anyhow::{Context, Result, bail};
-use exitd_common::{MAX_ROUTES6, ROUTE_NEIGH_KNOWN, Route6};
+use exitd_common::{MAX_ROUTES6, ROUTE_NEIGH_KNOWN, Route6, nat4::NAT4_ENABLED};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::{IpNet, Ipv6Net};
 use rtnetlink::{
@@ -60,12 +62,14 @@ pub struct LinkFacts {
     pub neighbours4: BTreeMap<(u32, Ipv4Addr), [u8; 6]>,
 }
 
-/// Everything the gateway's programs need in their maps: the IPv6 forwarder's entries and
-/// the IPv4 translator's. The translator's egress links are among the forwarder's ports.
+/// Everything the gateway's programs need in their maps: the IPv6 forwarder's entries,
+/// the IPv4 translator's, NAT64's and the firewall's. The translator's egress links are
+/// among the forwarder's ports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayTable {
     pub fwd6: Fwd6Table,
     pub nat4: Nat4Table,
+    pub nat64: Nat64Table,
 }
 
 impl GatewayTable {
@@ -73,7 +77,12 @@ impl GatewayTable {
         let mut fwd6 = table_for(plan, facts)?;
         let nat4 = nat4::table_for(plan, facts)?;
         fwd6.ports.extend(nat4.ports());
-        Ok(GatewayTable { fwd6, nat4 })
+        // The gateway's addresses on node-facing links are local: the firewall guards them.
+        let local6 = plan.dataplane.nat64.local6.iter().map(|a| a.octets());
+        fwd6.local.extend(local6);
+        let nat4_on = nat4.config.flags & NAT4_ENABLED != 0;
+        let nat64 = nat64::table_for(plan, facts, nat4_on);
+        Ok(GatewayTable { fwd6, nat4, nat64 })
     }
 
     fn all_resolved(&self) -> bool {
@@ -85,6 +94,10 @@ impl GatewayTable {
 pub struct GatewayMaps {
     pub fwd6: Fwd6Maps,
     pub nat4: Nat4Maps,
+    /// None while a forwarder loaded by an exitd without NAT64 runs (its pins lack the maps;
+    /// the next load of the object creates them).
+    pub nat64: Option<Nat64Maps>,
+    pins: PinDir,
 }
 
 impl GatewayMaps {
@@ -92,17 +105,33 @@ impl GatewayMaps {
         Ok(GatewayMaps {
             fwd6: Fwd6Maps::open_pinned(pins)?,
             nat4: Nat4Maps::open_pinned(pins)?,
+            nat64: Nat64Maps::open_pinned(pins).ok(),
+            pins: pins.clone(),
         })
     }
 
-    /// Syncs both; the forwarder first, so the translator's egress ports exist before the
-    /// translator may redirect to them.
+    /// Syncs all; the forwarder first, so the translator's egress ports exist before the
+    /// translator may redirect to them, NAT64 last, as it translates to NAT44's address.
     pub fn sync(&mut self, want: &GatewayTable) -> Result<SyncReport> {
         let mut report = self.fwd6.sync(&want.fwd6)?;
-        let (added, updated, removed) = self.nat4.sync(&want.nat4)?;
-        report.added += added;
-        report.updated += updated;
-        report.removed += removed;
+        let mut add = |(added, updated, removed): (usize, usize, usize)| {
+            report.added += added;
+            report.updated += updated;
+            report.removed += removed;
+        };
+        add(self.nat4.sync(&want.nat4)?);
+        if self.nat64.is_none() {
+            self.nat64 = Nat64Maps::open_pinned(&self.pins).ok();
+        }
+        match &mut self.nat64 {
+            Some(maps) => add(maps.sync(&want.nat64)?),
+            None if want.nat64 != Nat64Table::default() => tracing::warn!(
+                pins = %self.pins.root().display(),
+                "the NAT64 and firewall maps are not pinned yet (a forwarder of an older \
+                 exitd runs); they are filled once the NAT64 program is loaded"
+            ),
+            None => {}
+        }
         Ok(report)
     }
 }
@@ -319,20 +348,21 @@ pub fn attach(plan: &Plan, pin_root: &Path, mode: XdpModeArg) -> Result<()> {
     let pins = PinDir::new(pin_root.join(&gw));
     let mut fwd_links: Vec<String> = next_hops(plan).into_iter().map(|(link, _)| link).collect();
     fwd_links.dedup();
-    // Two map entries per connection.
-    let ct_entries = plan
-        .dataplane
-        .nat
-        .settings
-        .max_connections
-        .saturating_mul(2);
+    let max_connections = plan.dataplane.nat.settings.max_connections;
+    let node_links = plan.dataplane.nat64.interfaces.clone();
+    warn_without_public_ipv4(plan);
     netns::run_in(Some(&gw), move || async move {
-        let outcomes =
-            attach_xdp_all_sized(&pins, &fwd_links, XdpProgram::Fwd6, mode, Some(ct_entries))?;
+        let outcomes = attach_xdp_all_sized(
+            &pins,
+            &fwd_links,
+            XdpProgram::Fwd6,
+            mode,
+            Some(max_connections),
+        )?;
         for (link, outcome) in fwd_links.iter().zip(outcomes) {
             log_attach(link, outcome);
         }
-        Ok(())
+        attach_nat64(&pins, &node_links, max_connections)
     })?;
     for link in &plan.gateway.links {
         if let LinkKind::Veth {
@@ -392,11 +422,43 @@ pub fn prune_stale_namespaces(pin_root: &Path) -> Result<Vec<String>> {
     Ok(pruned)
 }
 
+/// Attaches the NAT64 classifier to those of the node-facing links `links` that exist in
+/// the calling thread's namespace (the concentrator creates its interface later; the
+/// follower attaches it then). Idempotent.
+fn attach_nat64(pins: &PinDir, links: &[String], max_connections: u32) -> Result<()> {
+    let present: Vec<String> = links
+        .iter()
+        .filter(|l| crate::iface::index_of(l).is_ok())
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let outcomes = super::tc::attach_nat64_all(pins, &present, Some(max_connections))?;
+    for (link, outcome) in present.iter().zip(outcomes) {
+        log_attach(link, outcome);
+    }
+    Ok(())
+}
+
+/// NAT64 translates to the IPv4 translator's public address: without one it stays off.
+fn warn_without_public_ipv4(plan: &Plan) {
+    let nat = &plan.dataplane.nat;
+    let nat4_on = nat.ebpf && nat.public_ipv4.is_some() && nat.upstream_ipv4.is_some();
+    if plan.dataplane.nat64.enabled() && !nat4_on {
+        tracing::warn!(
+            gateway = %plan.dataplane.namespace,
+            "[dataplane.nat64] is set but the gateway has no eBPF IPv4 NAT (network.gateway_ipv4 \
+             and network.upstream_ipv4, XDP forwarding on): NAT64 stays off"
+        );
+    }
+}
+
 fn log_attach(link: &str, outcome: AttachOutcome) {
     match outcome {
-        AttachOutcome::Attached { ifindex } => tracing::info!(link, ifindex, "XDP attached"),
+        AttachOutcome::Attached { ifindex } => tracing::info!(link, ifindex, "attached"),
         AttachOutcome::AlreadyAttached { ifindex } => {
-            tracing::debug!(link, ifindex, "XDP already attached")
+            tracing::debug!(link, ifindex, "already attached")
         }
     }
 }
@@ -451,9 +513,15 @@ pub fn follow(plan: Plan, pin_root: &Path) -> std::thread::JoinHandle<Result<()>
             tokio::spawn(connection);
             let mut maps = GatewayMaps::open_pinned(&pins)?;
             let mut exhausted = ExhaustionLog::new(&maps.nat4);
+            let node_links = &plan.dataplane.nat64.interfaces;
+            let max_connections = plan.dataplane.nat.settings.max_connections;
             loop {
                 let facts = observe(&handle).await?;
                 ensure_managed_neighbours(&handle, &plan, &facts).await?;
+                // A node-facing link that appeared (the concentrator's) gets its program.
+                if let Err(e) = attach_nat64(&pins, node_links, max_connections) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot attach NAT64");
+                }
                 let report = maps.sync(&GatewayTable::of(&plan, &facts)?)?;
                 if report.changed() {
                     tracing::info!(?report, "forwarder maps updated");

@@ -57,8 +57,56 @@ pub fn gather(pin_root: &Path) -> Result<String> {
                 &maps.usage()?,
             ));
         }
+        if pins.map(exitd_common::nat64::NAT64_CONFIG_MAP).exists() {
+            let maps = super::nat64_maps::Nat64Maps::open_pinned(pins)?;
+            text.push_str(&render_nat64(namespace, &maps.counters()?));
+        }
     }
     Ok(text)
+}
+
+fn render_nat64(ns: &str, counters: &super::nat64_maps::Nat64Counters) -> String {
+    let mut out = String::new();
+    for (name, help, bytes) in [
+        (
+            "exitd_nat64_packets_total",
+            "NAT64 packets by verdict (translated, dropped, or why passed to the kernel).",
+            false,
+        ),
+        ("exitd_nat64_bytes_total", "NAT64 bytes by verdict.", true),
+    ] {
+        family(&mut out, name, help);
+        for (v, c) in &counters.verdicts {
+            let value = if bytes { c.bytes } else { c.packets };
+            let verdict = v.name();
+            let _ = writeln!(
+                out,
+                "{name}{{namespace=\"{ns}\",verdict=\"{verdict}\"}} {value}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP exitd_nat64_connections NAT64 connections tracked (expired ones included until \
+         reclaimed).\n# TYPE exitd_nat64_connections gauge\n\
+         exitd_nat64_connections{{namespace=\"{ns}\"}} {}",
+        counters.connections
+    );
+    let name = "exitd_firewall_dropped_packets_total";
+    family(
+        &mut out,
+        name,
+        "Packets from nodes and tenants to the gateway's control ports, dropped.",
+    );
+    let (v4, v6) = counters.dropped;
+    for (family, c) in [("ipv4", v4), ("ipv6", v6)] {
+        let _ = writeln!(
+            out,
+            "{name}{{namespace=\"{ns}\",family=\"{family}\"}} {}",
+            c.packets
+        );
+    }
+    out
 }
 
 /// The translator's counters and port usage of one gateway namespace.
@@ -223,6 +271,38 @@ fn family(out: &mut String, name: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_nat64_verdicts_connections_and_firewall_drops() {
+        use exitd_common::nat64::Nat64Verdict;
+        let one = |packets| Counters {
+            packets,
+            bytes: packets * 100,
+        };
+        let counters = crate::dataplane::nat64_maps::Nat64Counters {
+            verdicts: Nat64Verdict::ALL.iter().map(|v| (*v, one(1))).collect(),
+            connections: 4,
+            dropped: (one(2), one(3)),
+        };
+        let text = render_nat64("gw", &counters);
+        assert!(
+            text.contains(
+                "exitd_nat64_packets_total{namespace=\"gw\",verdict=\"drop_not_xlat\"} 1\n"
+            )
+        );
+        assert!(text.contains("exitd_nat64_bytes_total{namespace=\"gw\",verdict=\"out\"} 100\n"));
+        assert!(text.contains(
+            "# TYPE exitd_nat64_connections gauge\nexitd_nat64_connections{namespace=\"gw\"} 4\n"
+        ));
+        assert!(text.contains(
+            "exitd_firewall_dropped_packets_total{namespace=\"gw\",family=\"ipv6\"} 3\n"
+        ));
+        let samples = text
+            .lines()
+            .filter(|l| l.starts_with("exitd_nat64_packets_total"))
+            .count();
+        assert_eq!(samples, Nat64Verdict::ALL.len());
+    }
 
     #[test]
     fn renders_counter_families_with_labels() {

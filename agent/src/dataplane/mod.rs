@@ -12,9 +12,12 @@ pub mod fwd6;
 pub mod gateway;
 pub mod metrics;
 pub mod nat4;
+pub mod nat64;
+pub mod nat64_maps;
 pub mod nat_cli;
 mod pins;
 pub mod tails;
+pub mod tc;
 
 pub use attach::{
     AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all,

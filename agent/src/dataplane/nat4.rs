@@ -152,7 +152,7 @@ fn protocol_number(protocol: Protocol) -> u8 {
     }
 }
 
-fn protocol_name(number: u8) -> &'static str {
+pub(super) fn protocol_name(number: u8) -> &'static str {
     match number {
         1 => "icmp",
         6 => "tcp",
@@ -321,7 +321,7 @@ impl Nat4Maps {
 }
 
 /// Adds, rewrites and removes entries of one hash map so that it equals `want`.
-fn sync_map<K, V>(
+pub(super) fn sync_map<K, V>(
     map: &mut HashMap<MapData, K, V>,
     have: &BTreeMap<K, V>,
     want: &BTreeMap<K, V>,
@@ -384,15 +384,7 @@ impl Connection {
         now: u64,
     ) -> Connection {
         let back = all.get(&key.reply(out.addr, out.port));
-        let last = back.map_or(out.last_seen, |b| b.last_seen.max(out.last_seen));
-        let idle_ns = now.saturating_sub(last);
-        let tcp_state = out.state.max(back.map_or(0, |b| b.state));
-        let state = match (key.proto, tcp_state) {
-            (6, TCP_ESTABLISHED) => "established",
-            (6, TCP_CLOSING) => "closing",
-            (6, _) => "syn",
-            _ => "",
-        };
+        let activity = Activity::of(key.proto, out, back, config, now);
         let port = |p: u16| u16::from_be(p);
         Connection {
             protocol: protocol_name(key.proto),
@@ -404,15 +396,50 @@ impl Connection {
             } else {
                 "outgoing"
             },
+            state: activity.state,
+            idle_ms: activity.idle_ms,
+            live: activity.live,
+        }
+    }
+}
+
+/// How active a connection is, from its outgoing entry and its reply entry (if any).
+pub(super) struct Activity {
+    /// TCP state (syn, established, closing); empty for other protocols.
+    pub state: &'static str,
+    /// Milliseconds since the last packet in either direction.
+    pub idle_ms: u64,
+    /// False once the timeout passed.
+    pub live: bool,
+}
+
+impl Activity {
+    pub(super) fn of(
+        proto: u8,
+        out: &CtEntry,
+        back: Option<&CtEntry>,
+        config: &Nat4Config,
+        now: u64,
+    ) -> Activity {
+        let last = back.map_or(out.last_seen, |b| b.last_seen.max(out.last_seen));
+        let idle_ns = now.saturating_sub(last);
+        let tcp_state = out.state.max(back.map_or(0, |b| b.state));
+        let state = match (proto, tcp_state) {
+            (6, TCP_ESTABLISHED) => "established",
+            (6, TCP_CLOSING) => "closing",
+            (6, _) => "syn",
+            _ => "",
+        };
+        Activity {
             state,
             idle_ms: idle_ns / 1_000_000,
-            live: idle_ns <= config.timeout_ns(key.proto, tcp_state),
+            live: idle_ns <= config.timeout_ns(proto, tcp_state),
         }
     }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock bpf_ktime_get_ns reads.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

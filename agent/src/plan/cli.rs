@@ -107,6 +107,7 @@ pub fn plan_for(config: &Config) -> Result<Plan> {
     // The translator runs where the XDP forwarder runs; otherwise the kernel NATs alone.
     plan.dataplane.nat.ebpf = config.dataplane.forward && plan.dataplane.xdp_forward;
     plan.dataplane.nat.settings = config.dataplane.nat.clone();
+    plan.dataplane.nat64 = crate::dataplane::nat64::Nat64Plan::resolve(config, &plan)?;
     Ok(plan)
 }
 

@@ -331,5 +331,6 @@ fn dataplane_plan(
             ebpf: true,
             settings: NatSettings::default(),
         },
+        nat64: Default::default(),
     }
 }

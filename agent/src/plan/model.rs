@@ -131,6 +131,8 @@ pub struct DataplanePlan {
     /// Per /64 behind this exit node: the gateway link and the ExitPoint's link-local.
     pub prefixes: Vec<PrefixRoute>,
     pub nat: NatPlan,
+    /// NAT64 and the gateway firewall (`[dataplane.nat64]`, `[dataplane.firewall]`).
+    pub nat64: crate::dataplane::nat64::Nat64Plan,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

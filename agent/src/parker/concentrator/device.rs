@@ -111,6 +111,11 @@ impl Device {
         .await
     }
 
+    /// The interface's index in its namespace.
+    pub async fn ifindex(&self) -> Result<u32> {
+        self.call(|ctx| Ok(ctx.index)).await
+    }
+
     /// Every peer with its allowed IPs and last handshake.
     pub async fn peers(&self) -> Result<Vec<PeerHandshake>> {
         self.call(|ctx| ctx.backend.handshakes(&ctx.interface))

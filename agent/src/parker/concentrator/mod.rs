@@ -31,6 +31,7 @@
 //! ```
 
 pub mod device;
+mod xlat;
 
 use super::{
     config::split_endpoint,
@@ -38,6 +39,7 @@ use super::{
     ipam::NODE_PREFIX_LEN,
     is_wireguard_key, unix_now,
 };
+use crate::dataplane::PinDir;
 use crate::wireguard::{BackendKind, PeerHandshake};
 use anyhow::{Context, Result, ensure};
 use device::{Device, DeviceSettings};
@@ -55,6 +57,7 @@ use tokio::{
     time::Instant,
 };
 use wireguard_control::Key;
+use xlat::XlatKeeper;
 
 /// A node's tunnel counts as connected while its last handshake is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(180);
@@ -210,11 +213,17 @@ pub async fn start_for_daemon(config: &crate::config::Config) -> Result<Option<C
     };
     let mut section = section.clone();
     section.resolve(config.cluster.as_ref())?;
-    start(section).await.map(Some)
+    let xlat_pins = crate::dataplane::nat64::concentrator_pins(config)?;
+    start(section, xlat_pins).await.map(Some)
 }
 
-/// Brings the interface up, then publishes and follows etcd.
-pub async fn start(section: ConcentratorSection) -> Result<Concentrator> {
+/// Brings the interface up, then publishes and follows etcd. With `xlat_pins` (the
+/// gateway's pin directory, when NAT64 serves this interface) the nodes' `xlat_range6`s are
+/// kept in its XLAT6 map.
+pub async fn start(
+    section: ConcentratorSection,
+    xlat_pins: Option<PinDir>,
+) -> Result<Concentrator> {
     let (external_address, endpoint_port) = split_endpoint(&section.endpoint)?;
     let private_key = crate::wireguard::load_or_create_key(&section.private_key_file)?;
     let public_key = private_key.get_public();
@@ -258,7 +267,11 @@ pub async fn start(section: ConcentratorSection) -> Result<Concentrator> {
     ));
     tracing::info!(name = section.name(), interface = section.interface, public_key = %public_key.to_base64(), "concentrator running");
     let lease_ttl = section.etcd.ttl();
-    let role = Role::new(section, device, report, report_tx.clone()).await?;
+    let xlat = match xlat_pins {
+        Some(pins) => Some(XlatKeeper::new(pins, device.ifindex().await?)),
+        None => None,
+    };
+    let role = Role::new(section, device, report, report_tx.clone(), xlat).await?;
     let main = tokio::spawn(role.run(updates));
     Ok(Concentrator {
         publish,
@@ -283,6 +296,8 @@ struct Role {
     report: ConcentratorReport,
     report_tx: watch::Sender<Vec<u8>>,
     peers: HashMap<String, Managed>,
+    /// The NAT64 translator's source list, when NAT64 serves this interface.
+    xlat: Option<XlatKeeper>,
 }
 
 impl Role {
@@ -292,6 +307,7 @@ impl Role {
         device: Device,
         report: ConcentratorReport,
         report_tx: watch::Sender<Vec<u8>>,
+        xlat: Option<XlatKeeper>,
     ) -> Result<Role> {
         let now = Instant::now();
         let peers = device
@@ -313,13 +329,23 @@ impl Role {
                 Some((p.public_key.to_base64(), managed))
             })
             .collect();
-        Ok(Role {
+        let mut role = Role {
             section,
             device,
             report,
             report_tx,
             peers,
-        })
+            xlat,
+        };
+        role.reconcile_xlat();
+        Ok(role)
+    }
+
+    /// XLAT6 holds exactly the ranges of the current peers.
+    fn reconcile_xlat(&mut self) {
+        if let Some(xlat) = &mut self.xlat {
+            xlat.reconcile(self.peers.values().map(|p| &p.prefix));
+        }
     }
 
     async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
@@ -378,6 +404,9 @@ impl Role {
         match self.device.add_peer(key.clone(), announcement.prefix).await {
             Ok(()) => {
                 tracing::info!(pubkey, prefix = %announcement.prefix, "added the node as a peer");
+                if let Some(xlat) = &mut self.xlat {
+                    xlat.add(&announcement.prefix);
+                }
                 let managed = Managed {
                     key,
                     prefix: announcement.prefix,
@@ -395,6 +424,10 @@ impl Role {
 
     async fn remove(&mut self, pubkey: &str, peer: Managed) {
         self.peers.remove(pubkey);
+        // Translation stops first, then the route goes, then the peer.
+        if let Some(xlat) = &mut self.xlat {
+            xlat.remove(&peer.prefix);
+        }
         if let Err(e) = self.device.remove_peer(peer.key, peer.prefix).await {
             tracing::error!(pubkey, error = %format!("{e:#}"), "cannot remove the node");
         }
@@ -429,6 +462,7 @@ impl Role {
             tracing::info!(pubkey, prefix = %peer.prefix, "removing a stale peer");
             self.remove(&pubkey, peer).await;
         }
+        self.reconcile_xlat();
     }
 
     fn is_stale(&self, peer: &Managed, handshakes: &[PeerHandshake], now: SystemTime) -> bool {

@@ -1,0 +1,66 @@
+//! Attaching the NAT64 classifier to TC ingress of node-facing links (the concentrator's
+//! WireGuard interface). The program comes from the same object as the XDP programs and
+//! loads with the same pinned maps: the translator writes a connection into CT4/CT6 on the
+//! node side and `xdp_fwd6` finds its replies there on the uplink.
+//!
+//! The attachment is a TCX link (kernel ≥ 6.6) pinned next to the XDP links, so a restarted
+//! exitd finds it in place and translation never stops; removing the pin detaches it.
+
+use super::{
+    AttachOutcome, Attachment, PinDir,
+    attach::{attach_pinned, load_object, pinned_links},
+};
+use anyhow::{Context, Result};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
+use exitd_common::nat64::TC_NAT64_L3;
+
+/// The TC attachments pinned in `pins`, sorted by interface name.
+pub fn tc_attachments(pins: &PinDir) -> Result<Vec<Attachment>> {
+    pinned_links(pins, "tc_")
+}
+
+/// Attaches `tc_nat64_l3` (for links without an Ethernet header, as WireGuard's) to TC
+/// ingress of each of `ifnames` in the calling thread's network namespace and pins the
+/// links; interfaces that have it already are left alone. `max_connections` sizes the
+/// connection tracking when this call creates the maps.
+pub fn attach_nat64_all(
+    pins: &PinDir,
+    ifnames: &[String],
+    max_connections: Option<u32>,
+) -> Result<Vec<AttachOutcome>> {
+    let name = TC_NAT64_L3;
+    let mut ebpf = None;
+    attach_pinned(pins, ifnames, "tc_", name, |ifname, ifindex| {
+        if ebpf.is_none() {
+            ebpf = Some(load_classifier(pins, name, max_connections)?);
+        }
+        let program: &mut SchedClassifier = ebpf
+            .as_mut()
+            .and_then(|e| e.program_mut(name))
+            .with_context(|| format!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let link_id = program
+            .attach_with_options(ifname, TcAttachType::Ingress, options)
+            .with_context(|| {
+                format!("cannot attach {name} to TC ingress of {ifname} (TCX needs Linux ≥ 6.6)")
+            })?;
+        tracing::info!(ifname, ifindex, "attached {name} on TC ingress");
+        FdLink::try_from(program.take_link(link_id)?)
+            .context("the kernel attached TC without a bpf_link: it cannot be pinned")
+    })
+}
+
+fn load_classifier(pins: &PinDir, name: &str, max_connections: Option<u32>) -> Result<aya::Ebpf> {
+    let mut ebpf = load_object(pins, max_connections)?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel refused to load {name}"))?;
+    // The ICMPv6 error translations are tail calls: their program array must be filled.
+    super::tails::fill(&mut ebpf)?;
+    Ok(ebpf)
+}
