@@ -1,7 +1,14 @@
 //! Stateful NAT64 (RFC 6146) for Parker nodes in 464XLAT mode, as a TC classifier on the
 //! node-facing link (the WireGuard interface: `tc_nat64_l3`; links with an Ethernet header:
 //! `tc_nat64_eth`). Replies are translated back by the forwarder's XDP program on the uplink,
-//! which finds them in CT4 like any NAT44 reply. See exitd_common::nat64.
+//! which finds them in CT4 like any NAT44 reply and tail-calls `xdp_nat64_in`. Nodes' ICMPv6
+//! errors (`tc_nat64_icmp_*`) and their own IPv4 (`tc_nat44_*`) are tail calls too: each
+//! program gets its own 512-byte stack and verifier budget. Big headers being built live in
+//! per-CPU scratch maps for the same reason. See exitd_common::nat64 and the README.
+
+// Keys and values are passed to the map helpers by reference on purpose: passing them by
+// value (as clippy suggests) copies 40-byte keys onto a stack that has no room for them.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use crate::{
     firewall,
@@ -320,10 +327,11 @@ fn tc_nat64<const L3: usize>(ctx: &TcContext) -> i32 {
         Ok(done) => done,
         Err(verdict) => (verdict, tc_action_for(verdict)),
     };
-    if action == TC_ACT_OK && verdict != Nat64Verdict::PassNoNeighbour {
-        if firewall::blocks(ctx, L3, ingress, true) {
-            return TC_ACT_SHOT;
-        }
+    if action == TC_ACT_OK
+        && verdict != Nat64Verdict::PassNoNeighbour
+        && firewall::blocks(ctx, L3, ingress, true)
+    {
+        return TC_ACT_SHOT;
     }
     count(&NAT64_STATS, verdict as u32, len);
     action
@@ -989,7 +997,7 @@ fn icmp6_error<const L3: usize>(
         .word(w0, nw0)
         .word(w2, nw2)
         .word(w3, nw3)
-        .minus(header_sum6(&ih))
+        .minus(header_sum6(ih))
         .plus(header_sum4(&sc.inner4));
     outer = minus_delta(outer, outer_pseudo);
     let (new_iw0, new_iw1, new_iw2, new_iw3, tcp_check) = match proto {
@@ -1276,7 +1284,7 @@ fn try_icmp_error(
         .word(w0, nw0)
         .word(w2, nw2)
         .word(w3, nw3)
-        .minus(header_sum4(&ih))
+        .minus(header_sum4(ih))
         .plus(header_sum6(inner6));
     outer = plus_delta(outer, pseudo6_icmp(ip6.src, ip6.dst, payload_len));
     let (new_i, tcp_check) = match ih.protocol {
