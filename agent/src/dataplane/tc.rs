@@ -39,7 +39,7 @@ pub fn attach_nat64_all(
                 ebpf = Some(load_with_tails(pins, max_connections)?);
             }
             let ebpf = ebpf.as_mut().context("loaded above")?;
-            super::tails::load_classifier(ebpf, name)?;
+            super::tails::load(ebpf, name)?;
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("the eBPF object has no program {name}"))?
