@@ -451,7 +451,8 @@ fn only_value(dump: &[Value]) -> &Value {
 #[test]
 fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
     let gw = Gateway::new(&format!(
-        "[dataplane.nat64]\nprefix = \"{PREFIX}\"\ninterfaces = [\"{NODE_LINK}\"]\n\n\
+        "[dataplane.nat64]\nprefix = \"{PREFIX}\"\ninterfaces = [\"{NODE_LINK}\"]\n\
+         node_ipv4 = [\"10.64.0.0/23\"]\n\n\
          [dataplane.firewall]\ncontrol_ports = [\"tcp/2379\", \"udp/5353\"]\n\
          allow = [\"192.0.2.0/24\"]\n"
     ));
@@ -534,6 +535,21 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         "the node-facing link is firewalled: {fw_links:?}"
     );
     assert_eq!(gw.dump("FW_ALLOW4").len(), 1);
+    // The nodes' own IPv4 range: one ROUTES4 entry per /24, replies through the kernel.
+    let node_nets: Vec<Value> = gw
+        .dump("ROUTES4")
+        .into_iter()
+        .filter(|e| e["value"]["ifindex"] == n64_index)
+        .collect();
+    assert_eq!(
+        node_nets.len(),
+        2,
+        "10.64.0.0/23 is two /24s: {node_nets:?}"
+    );
+    assert!(
+        node_nets.iter().all(|e| e["value"]["flags"] == 2),
+        "ROUTE4_VIA_KERNEL"
+    );
 
     // XLAT6 through the map handle the concentrator uses: add two nodes, then remove one.
     let pins = PinDir::new(gw.gateway_pins());

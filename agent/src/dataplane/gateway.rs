@@ -75,12 +75,15 @@ pub struct GatewayTable {
 impl GatewayTable {
     pub fn of(plan: &Plan, facts: &LinkFacts) -> Result<GatewayTable> {
         let mut fwd6 = table_for(plan, facts)?;
-        let nat4 = nat4::table_for(plan, facts)?;
+        let mut nat4 = nat4::table_for(plan, facts)?;
+        let nat4_on = nat4.config.flags & NAT4_ENABLED != 0;
+        if nat4_on {
+            nat4.routes.extend(nat64::node_routes(plan, facts));
+        }
         fwd6.ports.extend(nat4.ports());
         // The gateway's addresses on node-facing links are local: the firewall guards them.
         let local6 = plan.dataplane.nat64.local6.iter().map(|a| a.octets());
         fwd6.local.extend(local6);
-        let nat4_on = nat4.config.flags & NAT4_ENABLED != 0;
         let nat64 = nat64::table_for(plan, facts, nat4_on);
         Ok(GatewayTable { fwd6, nat4, nat64 })
     }
