@@ -300,7 +300,6 @@ impl Gateway {
             "-6", "route", "add", "default", "via", "fe80::1", "dev", "n64p",
         ])
         .unwrap();
-        node.exec("ethtool", &["-K", "n64p", "tx", "off"]).unwrap();
         for args in [
             &["-6", "addr", "add", "fe80::1/64", "dev", NODE_LINK, "nodad"][..],
             &["-6", "route", "replace", NODE_PREFIX, "dev", NODE_LINK][..],
