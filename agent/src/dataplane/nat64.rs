@@ -23,7 +23,8 @@ use exitd_common::{
     nat4::{MAX_ROUTES4, ROUTE4_VIA_KERNEL, Route4},
     nat64::{
         CT6_MAP, FW_ALLOW4_MAP, FW_ALLOW6_MAP, FW_LINKS_MAP, FW_PORTS_MAP, FW_STATS_MAP, FwPort,
-        NAT64_CONFIG_MAP, NAT64_STATS_MAP, Nat64Config, XLAT6_MAP, XlatSource,
+        MAX_FW_ALLOW, MAX_FW_PORTS, NAT64_CONFIG_MAP, NAT64_STATS_MAP, Nat64Config, XLAT6_MAP,
+        XlatSource,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -196,18 +197,32 @@ impl FirewallSection {
             }
             return Ok(ports);
         };
+        // One FW_PORTS entry is the "firewall on" marker.
+        ensure!(
+            ports.len() < MAX_FW_PORTS as usize,
+            "dataplane.firewall.control_ports: at most {} ports",
+            MAX_FW_PORTS - 1
+        );
         ports.iter().map(|p| ControlPort::parse(p)).collect()
     }
 
     fn allow(&self) -> Result<Vec<IpNet>> {
-        self.allow
+        let nets = self
+            .allow
             .iter()
             .map(|a| {
                 a.parse::<IpNet>()
                     .map(|n| n.trunc())
                     .with_context(|| format!("dataplane.firewall.allow: {a:?} is not a CIDR"))
             })
-            .collect()
+            .collect::<Result<Vec<IpNet>>>()?;
+        let v4 = nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        let most = MAX_FW_ALLOW as usize;
+        ensure!(
+            v4 <= most && nets.len() - v4 <= most,
+            "dataplane.firewall.allow: at most {most} IPv4 and {most} IPv6 networks"
+        );
+        Ok(nets)
     }
 }
 

@@ -116,6 +116,14 @@ fn allow_lists_take_v4_and_v6_networks() {
     assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32"]);
     let err = error_of("[dataplane.firewall]\nallow = [\"somewhere\"]\n");
     assert!(err.contains("somewhere") && err.contains("CIDR"), "{err}");
+    let many: Vec<String> = (0..=256)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let err = error_of(&format!(
+        "[dataplane.firewall]\nallow = [{}]\n",
+        many.join(",")
+    ));
+    assert!(err.contains("at most 256"), "the map's size: {err}");
 }
 
 #[test]
