@@ -678,6 +678,21 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         .unwrap();
     assert_success(&out, &["dataplane detach"]);
     assert_eq!(gw.nat64_prog(NODE_LINK, ETH), None, "detached");
+
+    // exitd attaches it again; without [dataplane.nat64] it removes it.
+    let daemon = gw.start();
+    let back = poll_until(Duration::from_secs(20), || gw.nat64_prog(NODE_LINK, ETH));
+    assert!(back.is_some(), "re-attached by exitd run");
+    daemon.stop();
+    gw.write_config("");
+    let daemon = gw.start();
+    assert!(daemon.logged("exitd running"));
+    assert_eq!(
+        gw.nat64_prog(NODE_LINK, ETH),
+        None,
+        "NAT64 no longer configured"
+    );
+    assert!(!gw.link_pinned(ETH, NODE_LINK));
 }
 
 /// The concentrator role with NAT64 on its interface (the default of `interfaces`): its

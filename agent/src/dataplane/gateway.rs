@@ -427,8 +427,15 @@ pub fn prune_stale_namespaces(pin_root: &Path) -> Result<Vec<String>> {
 
 /// Attaches the NAT64 classifier to those of the node-facing links `links` that exist in
 /// the calling thread's namespace (the concentrator creates its interface later; the
-/// follower attaches it then). Idempotent.
+/// follower attaches it then), and detaches it from links no longer configured.
+/// Idempotent.
 fn attach_nat64(pins: &PinDir, links: &[String], max_connections: u32) -> Result<()> {
+    for gone in super::tc::detach_nat64_except(pins, links)? {
+        tracing::info!(
+            link = gone,
+            "detached NAT64 from a link no longer configured"
+        );
+    }
     let present: Vec<String> = links
         .iter()
         .filter(|l| crate::iface::index_of(l).is_ok())

@@ -8,7 +8,7 @@
 
 use super::{
     AttachOutcome, Attachment, PinDir,
-    attach::{attach_pinned, load_object, pinned_links},
+    attach::{attach_pinned, load_object, pinned_links, unpin},
 };
 use anyhow::{Context, Result};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
@@ -58,6 +58,19 @@ pub fn attach_nat64_all(
         })?);
     }
     Ok(outcomes)
+}
+
+/// Removes the NAT64 links of interfaces not in `keep` and those of interfaces that are
+/// gone; returns their interface names.
+pub fn detach_nat64_except(pins: &PinDir, keep: &[String]) -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    for link in tc_attachments(pins)? {
+        if !link.live || !keep.contains(&link.ifname) {
+            unpin(&link)?;
+            gone.push(link.ifname);
+        }
+    }
+    Ok(gone)
 }
 
 /// The classifier for `ifname`: the two differ only in where the IP header starts.
