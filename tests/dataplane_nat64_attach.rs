@@ -3,7 +3,8 @@
 //! appears (as the concentrator's interface does, after the forwarder started), shares
 //! every pinned map with `xdp_fwd6` on the uplink, gets its prefix and the firewall's
 //! entries, translates a node's UDP to the gateway's public IPv4 and back, drops what the
-//! node sends to a closed control port of the gateway, and stays
+//! node sends to a closed control port of the gateway, NAT44s the node's own IPv4
+//! (`node_ipv4`) through the same engine, and stays
 //! attached — same program, untouched — across a restart of exitd. Checked with `bpftool`
 //! and the kernel's TCX query. Needs root.
 //!
@@ -42,6 +43,8 @@ const INTERNET: &str = "198.51.100.10";
 /// A node's /63 (what the broker hands out) and an address of its `xlat_range6`.
 const NODE_PREFIX: &str = "2001:db8:ed0:2::/63";
 const NODE_XLAT: &str = "2001:db8:ed0:3::1";
+/// The node's own IPv4 (in `node_ipv4` 10.64.0.0/23).
+const NODE_IPV4: &str = "10.64.0.1";
 
 struct Gateway {
     host: NetNs,
@@ -300,9 +303,15 @@ impl Gateway {
             "-6", "route", "add", "default", "via", "fe80::1", "dev", "n64p",
         ])
         .unwrap();
+        // The node's own IPv4 (node_ipv4, translated by NAT44 through the same engine).
+        node.ip(&["addr", "add", &format!("{NODE_IPV4}/24"), "dev", "n64p"])
+            .unwrap();
+        node.ip(&["route", "add", "default", "via", "10.64.0.254"])
+            .unwrap();
         for args in [
             &["-6", "addr", "add", "fe80::1/64", "dev", NODE_LINK, "nodad"][..],
             &["-6", "route", "replace", NODE_PREFIX, "dev", NODE_LINK][..],
+            &["addr", "add", "10.64.0.254/24", "dev", NODE_LINK][..],
         ] {
             let out = self.in_gateway("ip").args(args).output().unwrap();
             assert_success(&out, args);
@@ -378,9 +387,14 @@ impl Gateway {
 
     /// One datagram from the node's `[NODE_XLAT]:port` to `target`: what the server saw.
     fn udp_ask(&self, port: u16, target: SocketAddrV6) -> Option<String> {
+        self.udp_ask_from(format!("[{NODE_XLAT}]:{port}"), target.into())
+    }
+
+    /// One datagram from the node's `source` to `target`: what the server saw.
+    fn udp_ask_from(&self, source: String, target: std::net::SocketAddr) -> Option<String> {
         let socket = self
             .node
-            .run(move || UdpSocket::bind(format!("[{NODE_XLAT}]:{port}")))
+            .run(move || UdpSocket::bind(source))
             .unwrap()
             .ok()?;
         socket
@@ -577,6 +591,20 @@ fn the_nat64_classifier_shares_the_forwarders_maps_and_survives_a_restart() {
         "translated to the public IPv4; counters: {}",
         gw.nonzero_counters()
     );
+    // The node's own IPv4 goes through NAT44 in the same engine.
+    let nat44 = poll_until(Duration::from_secs(10), || {
+        gw.udp_ask_from(format!("{NODE_IPV4}:5003"), reflector.into())
+    });
+    // The eBPF translator keeps a free source port (the kernel's fallback NAT would pick
+    // one of its own range).
+    assert_eq!(
+        nat44,
+        Some(format!("{PUBLIC}:5003")),
+        "the node's IPv4 translated in eBPF; counters: {}",
+        gw.nonzero_counters()
+    );
+    assert!(gw.nonzero_counters().contains("nat44_out"));
+
     // The node cannot reach a control port of the gateway (udp/5353 is closed).
     let drops_before = gw.firewall_drops6();
     gw.node_to_gateway_port(5353);
