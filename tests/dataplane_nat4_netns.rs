@@ -13,7 +13,7 @@
 mod common;
 
 use common::{assert_success, clean_run, collect_logs};
-use exitd_testkit::{NetNs, TestPins, poll_until, require_root, veth_pair};
+use exitd_testkit::{NetNs, TestPins, poll_until, require_root};
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -97,24 +97,10 @@ impl Site {
     /// their own traffic without checksum offload, as a real router's forwarded traffic
     /// arrives (a veth would otherwise hand XDP partial checksums).
     fn wire_upstream(&self) {
-        veth_pair(&self.upstream, "port0", &self.host, "upl0").unwrap();
-        veth_pair(&self.upstream, "port1", &self.internet, "eth0").unwrap();
-        let up = &self.upstream;
-        up.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "port0"])
-            .unwrap();
-        up.ip(&["addr", "add", "198.51.100.1/24", "dev", "port1"])
-            .unwrap();
-        up.sysctl("net.ipv4.ip_forward", "1").unwrap();
-        let inet = &self.internet;
-        inet.ip(&["addr", "add", &format!("{INTERNET}/24"), "dev", "eth0"])
-            .unwrap();
-        inet.ip(&["route", "add", "default", "via", "198.51.100.1"])
-            .unwrap();
-        for (ns, dev) in [(up, "port0"), (up, "port1"), (inet, "eth0")] {
-            ns.exec("ethtool", &["-K", dev, "tx", "off"]).unwrap();
-        }
+        common::wire_upstream(&self.upstream, &self.host, &self.internet, INTERNET);
         // Frames redirected into a veth are only taken when the peer runs XDP.
-        let out = up
+        let out = self
+            .upstream
             .command(EXITD)
             .args(["dataplane", "attach", "--iface", "port0", "--pin-dir"])
             .arg(self.upstream_pins.path())

@@ -84,25 +84,68 @@ pub fn set_tx_checksum(name: &str, on: bool) -> Result<()> {
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
+    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_value.
+    unsafe { interface_ioctl(SIOCETHTOOL, &mut req) }
+        .map_err(|err| anyhow::anyhow!("cannot set tx checksum offload of {name}: {err}"))
+}
+
+/// Runs the interface ioctl `request` on `req` (a `struct ifreq`) through a throwaway
+/// datagram socket of the calling thread's network namespace.
+///
+/// # Safety
+/// `req` must be the structure the kernel expects for `request`.
+unsafe fn interface_ioctl<T>(request: libc::c_ulong, req: &mut T) -> std::io::Result<()> {
     // SAFETY: a plain datagram socket, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_value.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    // SAFETY: the caller guarantees `req` matches `request`.
+    let rc = unsafe { libc::ioctl(fd, request, req as *mut T) };
     let err = std::io::Error::last_os_error();
     // SAFETY: `fd` is ours.
     unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("cannot set tx checksum offload of {name}: {err}");
+    if rc != 0 { Err(err) } else { Ok(()) }
+}
+
+/// Whether `name`'s frames start with an Ethernet header (ARPHRD_ETHER: veths, NICs),
+/// rather than with the IP header (WireGuard and TUN devices).
+pub fn has_ethernet_header(name: &str) -> Result<bool> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    const ARPHRD_ETHER: u16 = 1;
+    /// `struct ifreq` with its `ifr_hwaddr` member: the name, then a sockaddr whose family
+    /// is the hardware type; 40 bytes in all.
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IF_NAMESIZE],
+        hw_family: u16,
+        _rest: [u8; 22],
     }
-    Ok(())
+    validate_name(name)?;
+    let mut req = IfReq {
+        name: [0; libc::IF_NAMESIZE],
+        hw_family: 0,
+        _rest: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq the kernel fills.
+    unsafe { interface_ioctl(SIOCGIFHWADDR, &mut req) }
+        .map_err(|err| anyhow::anyhow!("cannot read the link type of {name}: {err}"))?;
+    Ok(req.hw_family == ARPHRD_ETHER)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_no_ethernet_header() {
+        // ARPHRD_LOOPBACK; every namespace has `lo`.
+        assert!(!has_ethernet_header("lo").unwrap());
+        assert!(has_ethernet_header("no-such-link0").is_err());
+    }
 
     #[test]
     fn names_longer_than_15_bytes_are_refused() {

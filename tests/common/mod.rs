@@ -48,3 +48,35 @@ pub fn collect_logs(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     });
     lines
 }
+
+/// The upstream router of an exit node (185.69.166.1 on `port0`, toward the host's `upl0`)
+/// and an internet host at `internet_addr`/24 behind it (`port1` ═ `eth0`). Both send
+/// without checksum offload, as a real router's forwarded traffic arrives (a veth would
+/// otherwise hand XDP partial checksums).
+pub fn wire_upstream(
+    upstream: &exitd_testkit::NetNs,
+    host: &exitd_testkit::NetNs,
+    internet: &exitd_testkit::NetNs,
+    internet_addr: &str,
+) {
+    use exitd_testkit::veth_pair;
+    veth_pair(upstream, "port0", host, "upl0").unwrap();
+    veth_pair(upstream, "port1", internet, "eth0").unwrap();
+    upstream
+        .ip(&["addr", "add", "185.69.166.1/24", "dev", "port0"])
+        .unwrap();
+    upstream
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "port1"])
+        .unwrap();
+    upstream.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let with_prefix = format!("{internet_addr}/24");
+    internet
+        .ip(&["addr", "add", &with_prefix, "dev", "eth0"])
+        .unwrap();
+    internet
+        .ip(&["route", "add", "default", "via", "198.51.100.1"])
+        .unwrap();
+    for (ns, dev) in [(upstream, "port0"), (upstream, "port1"), (internet, "eth0")] {
+        ns.exec("ethtool", &["-K", dev, "tx", "off"]).unwrap();
+    }
+}

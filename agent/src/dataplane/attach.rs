@@ -294,7 +294,7 @@ pub fn detach_xdp(pins: &PinDir, ifname: &str) -> Result<()> {
         .collect();
     if matching.is_empty() {
         bail!(
-            "no exitd program is attached to {ifname:?} (nothing pinned in {})",
+            "no exitd XDP program is attached to {ifname:?}, nor a TC one (nothing pinned in {})",
             pins.links_dir().display()
         );
     }

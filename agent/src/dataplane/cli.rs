@@ -149,7 +149,9 @@ fn stats(pins: &PinDir, json: bool, prometheus: bool, per_cpu: bool) -> Result<(
         print!("{}", super::metrics::gather(pins.root())?);
         return Ok(());
     }
-    let attachments = super::attachments(pins)?;
+    let mut attachments = super::attachments(pins)?;
+    // NAT64 classifiers on TC ingress of node-facing links.
+    attachments.extend(super::tc::tc_attachments(pins)?);
     let counters = super::read_iface_counters(pins)?;
     let verdicts = match pins.map(ROUTES6_MAP).exists() {
         true => Fwd6Maps::open_pinned(pins)?.verdict_counters()?,

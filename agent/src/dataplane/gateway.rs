@@ -75,12 +75,15 @@ pub struct GatewayTable {
 impl GatewayTable {
     pub fn of(plan: &Plan, facts: &LinkFacts) -> Result<GatewayTable> {
         let mut fwd6 = table_for(plan, facts)?;
-        let nat4 = nat4::table_for(plan, facts)?;
+        let mut nat4 = nat4::table_for(plan, facts)?;
+        let nat4_on = nat4.config.flags & NAT4_ENABLED != 0;
+        if nat4_on {
+            nat4.routes.extend(nat64::node_routes(plan, facts));
+        }
         fwd6.ports.extend(nat4.ports());
         // The gateway's addresses on node-facing links are local: the firewall guards them.
         let local6 = plan.dataplane.nat64.local6.iter().map(|a| a.octets());
         fwd6.local.extend(local6);
-        let nat4_on = nat4.config.flags & NAT4_ENABLED != 0;
         let nat64 = nat64::table_for(plan, facts, nat4_on);
         Ok(GatewayTable { fwd6, nat4, nat64 })
     }
@@ -424,8 +427,15 @@ pub fn prune_stale_namespaces(pin_root: &Path) -> Result<Vec<String>> {
 
 /// Attaches the NAT64 classifier to those of the node-facing links `links` that exist in
 /// the calling thread's namespace (the concentrator creates its interface later; the
-/// follower attaches it then). Idempotent.
+/// follower attaches it then), and detaches it from links no longer configured.
+/// Idempotent.
 fn attach_nat64(pins: &PinDir, links: &[String], max_connections: u32) -> Result<()> {
+    for gone in super::tc::detach_nat64_except(pins, links)? {
+        tracing::info!(
+            link = gone,
+            "detached NAT64 from a link no longer configured"
+        );
+    }
     let present: Vec<String> = links
         .iter()
         .filter(|l| crate::iface::index_of(l).is_ok())

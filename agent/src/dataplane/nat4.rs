@@ -11,7 +11,8 @@ use exitd_common::{
     nat4::{
         CT_OUT, CT_PORT_FORWARD, CT4_MAP, CtEntry, CtKey, LOCAL4_MAP, NAT4_CONFIG_MAP,
         NAT4_ENABLED, NAT4_STATS_MAP, Nat4Config, Nat4Verdict, PORT_FWD4_MAP, PortFwdKey,
-        PortFwdTarget, ROUTES4_MAP, Route4, TCP_CLOSING, TCP_ESTABLISHED, TIMEOUT_COUNT, Timeout,
+        PortFwdTarget, ROUTE4_VIA_KERNEL, ROUTES4_MAP, Route4, TCP_CLOSING, TCP_ESTABLISHED,
+        TIMEOUT_COUNT, Timeout,
     },
 };
 use ipnet::IpNet;
@@ -42,11 +43,13 @@ pub struct Nat4Table {
 }
 
 impl Nat4Table {
-    /// Egress links the translator redirects to (they must be in TX_PORTS).
+    /// Egress links the translator redirects to (they must be in TX_PORTS); networks whose
+    /// replies go through the kernel have none.
     pub fn ports(&self) -> impl Iterator<Item = u32> + '_ {
         let upstream = (self.config.flags & NAT4_ENABLED != 0).then_some(self.config.upstream);
         self.routes
             .values()
+            .filter(|r| r.flags & ROUTE4_VIA_KERNEL == 0)
             .chain(upstream.iter())
             .map(|r| r.ifindex)
             .collect::<Vec<_>>()
@@ -61,7 +64,7 @@ impl Nat4Table {
             && self
                 .routes
                 .values()
-                .all(|r| r.flags & ROUTE_NEIGH_KNOWN != 0)
+                .all(|r| r.flags & (ROUTE_NEIGH_KNOWN | ROUTE4_VIA_KERNEL) != 0)
     }
 }
 

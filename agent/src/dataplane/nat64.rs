@@ -8,6 +8,7 @@
 //! # enabled = true                  # default when the section exists; no section: off
 //! # prefix = "64:ff9b::/96"         # RFC 6052: /32, /40, /48, /56, /64 or /96
 //! # interfaces = ["wg-parker"]      # node-facing links; default: the [concentrator] interface
+//! # node_ipv4 = ["10.64.0.0/16"]    # nodes' own IPv4 ranges (non-464XLAT): NAT44 them
 //!
 //! [dataplane.firewall]              # default: on with these values when NAT64 is on
 //! # control_ports = ["tcp/2379", "tcp/2380", "tcp/9580"]  # default: etcd + [admin] port
@@ -19,12 +20,14 @@ use crate::{config::Config, plan::Plan};
 use anyhow::{Context, Result, bail, ensure};
 use exitd_common::{
     Prefix64,
+    nat4::{MAX_ROUTES4, ROUTE4_VIA_KERNEL, Route4},
     nat64::{
         CT6_MAP, FW_ALLOW4_MAP, FW_ALLOW6_MAP, FW_LINKS_MAP, FW_PORTS_MAP, FW_STATS_MAP, FwPort,
-        NAT64_CONFIG_MAP, NAT64_STATS_MAP, Nat64Config, XLAT6_MAP, XlatSource,
+        MAX_FW_ALLOW, MAX_FW_PORTS, NAT64_CONFIG_MAP, NAT64_STATS_MAP, Nat64Config, XLAT6_MAP,
+        XlatSource,
     },
 };
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -62,6 +65,10 @@ pub struct Nat64Section {
     /// Node-facing links (in the gateway's namespace); default: the concentrator's.
     #[serde(default)]
     pub interfaces: Option<Vec<String>>,
+    /// Nodes' own IPv4 ranges (Parker nodes not in 464XLAT mode), NAT44-translated by the
+    /// same engine: each /24 goes into ROUTES4 behind the first node-facing link.
+    #[serde(default)]
+    pub node_ipv4: Vec<String>,
 }
 
 /// `[dataplane.firewall]`.
@@ -104,7 +111,38 @@ impl Nat64Section {
         );
         Ok(net)
     }
+
+    /// The nodes' IPv4 ranges: networks of /24 or wider (the translator routes per /24),
+    /// at most `MAX_NODE_NETS4` /24s in all.
+    pub fn node_ipv4(&self) -> Result<Vec<Ipv4Net>> {
+        let mut nets = Vec::new();
+        let mut count = 0u64;
+        for text in &self.node_ipv4 {
+            let net: Ipv4Net = text.parse().with_context(|| {
+                format!("dataplane.nat64.node_ipv4: {text:?} is not an IPv4 network")
+            })?;
+            ensure!(
+                net.prefix_len() <= 24 && net.trunc() == net,
+                "dataplane.nat64.node_ipv4: {net} must be a network of /24 or wider \
+                 (the translator routes per /24)"
+            );
+            count += 1u64 << (24 - net.prefix_len());
+            nets.push(net);
+        }
+        ensure!(
+            count <= u64::from(MAX_NODE_NETS4),
+            "dataplane.nat64.node_ipv4 spans {count} /24s; at most {MAX_NODE_NETS4}"
+        );
+        Ok(nets)
+    }
 }
+
+/// /24s of nodes' IPv4 ranges the translator may route (half of ROUTES4; tenants have the
+/// rest).
+const MAX_NODE_NETS4: u32 = MAX_ROUTES4 / 2;
+/// The tenant number of nodes' IPv4 ranges: above every ExitPoint's (16-bit) number, so
+/// nodes and tenants stay apart.
+pub const NODE_TENANT: u32 = 0x1_0000;
 
 /// A closed control port as the configuration names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -159,18 +197,32 @@ impl FirewallSection {
             }
             return Ok(ports);
         };
+        // One FW_PORTS entry is the "firewall on" marker.
+        ensure!(
+            ports.len() < MAX_FW_PORTS as usize,
+            "dataplane.firewall.control_ports: at most {} ports",
+            MAX_FW_PORTS - 1
+        );
         ports.iter().map(|p| ControlPort::parse(p)).collect()
     }
 
     fn allow(&self) -> Result<Vec<IpNet>> {
-        self.allow
+        let nets = self
+            .allow
             .iter()
             .map(|a| {
                 a.parse::<IpNet>()
                     .map(|n| n.trunc())
                     .with_context(|| format!("dataplane.firewall.allow: {a:?} is not a CIDR"))
             })
-            .collect()
+            .collect::<Result<Vec<IpNet>>>()?;
+        let v4 = nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        let most = MAX_FW_ALLOW as usize;
+        ensure!(
+            v4 <= most && nets.len() - v4 <= most,
+            "dataplane.firewall.allow: at most {most} IPv4 and {most} IPv6 networks"
+        );
+        Ok(nets)
     }
 }
 
@@ -179,6 +231,7 @@ pub fn validate(config: &Config) -> Result<()> {
     let dataplane = &config.dataplane;
     if let Some(nat64) = &dataplane.nat64 {
         nat64.prefix()?;
+        nat64.node_ipv4()?;
         for name in nat64.interfaces.iter().flatten() {
             crate::iface::validate_name(name).context("dataplane.nat64.interfaces")?;
         }
@@ -199,6 +252,8 @@ pub struct Nat64Plan {
     pub prefix: Option<Ipv6Net>,
     /// Node-facing links in the gateway's namespace: the TC program runs on each.
     pub interfaces: Vec<String>,
+    /// Nodes' own IPv4 ranges, NAT44-translated behind the first node-facing link.
+    pub node_ipv4: Vec<Ipv4Net>,
     /// Closed ports; empty: the firewall is off.
     pub control_ports: Vec<ControlPort>,
     pub allow: Vec<IpNet>,
@@ -217,6 +272,7 @@ impl Nat64Plan {
         if let Some(section) = nat64 {
             resolved.prefix = Some(section.prefix()?);
             resolved.interfaces = node_links(config, section, &plan.dataplane.namespace)?;
+            resolved.node_ipv4 = section.node_ipv4()?;
         }
         // Nodes are not trusted: with NAT64 on the firewall is on unless configured.
         let firewall = config
@@ -324,6 +380,28 @@ pub fn table_for(plan: &Plan, facts: &LinkFacts, nat4_on: bool) -> Nat64Table {
         };
     }
     table
+}
+
+/// ROUTES4 entries for the nodes' IPv4 ranges, one per /24, behind the first node-facing
+/// link that exists: their replies are translated and handed to the kernel, which routes
+/// them into the tunnel (`ROUTE4_VIA_KERNEL`: XDP cannot redirect into WireGuard).
+pub fn node_routes(plan: &Plan, facts: &LinkFacts) -> BTreeMap<[u8; 4], Route4> {
+    let n = &plan.dataplane.nat64;
+    let Some(link) = n.interfaces.iter().find_map(|l| facts.links.get(l)) else {
+        return BTreeMap::new();
+    };
+    let route = Route4 {
+        ifindex: link.ifindex,
+        tenant: NODE_TENANT,
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        flags: ROUTE4_VIA_KERNEL,
+    };
+    n.node_ipv4
+        .iter()
+        .flat_map(|net| net.subnets(24).into_iter().flatten())
+        .map(|net24| (net24.network().octets(), route))
+        .collect()
 }
 
 /// Where the concentrator keeps the nodes' `xlat_range6`s (XLAT6): the gateway's pin

@@ -331,3 +331,73 @@ impl Nat64Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exitd_common::nat4::{CT_IN, TCP_ESTABLISHED, Timeout};
+    use std::net::Ipv6Addr;
+
+    /// A node's TCP connection to 192.0.2.7:443 through 64:ff9b::/96, translated to
+    /// 185.69.166.123:40001.
+    fn connection() -> (Ct6Key, CtEntry, Nat64Config) {
+        let config = Nat64Config::new(exitd_common::nat64::WELL_KNOWN_PREFIX, 96).unwrap();
+        let node: Ipv6Addr = "2001:db8:ed0:3::1".parse().unwrap();
+        let key = Ct6Key {
+            proto: 6,
+            pad: [0; 3],
+            src: node.octets(),
+            dst: config.embed([192, 0, 2, 7]),
+            sport: 50000u16.to_be(),
+            dport: 443u16.to_be(),
+        };
+        let out = CtEntry {
+            addr: [185, 69, 166, 123],
+            port: 40001u16.to_be(),
+            state: TCP_ESTABLISHED,
+            last_seen: 1_000_000_000,
+            ..CtEntry::default()
+        };
+        (key, out, config)
+    }
+
+    #[test]
+    fn the_reply_key_is_the_ct4_entry_claiming_the_public_port() {
+        let (key, out, config) = connection();
+        let reply = reply_key(&key, &out, &config).unwrap();
+        assert_eq!(reply.dir, CT_IN);
+        assert_eq!(
+            (reply.src, reply.dst),
+            ([192, 0, 2, 7], [185, 69, 166, 123])
+        );
+        assert_eq!(
+            (u16::from_be(reply.sport), u16::from_be(reply.dport)),
+            (443, 40001)
+        );
+        let mut foreign = key;
+        foreign.dst[0] = 0x20;
+        assert_eq!(
+            reply_key(&foreign, &out, &config),
+            None,
+            "not of the prefix"
+        );
+    }
+
+    #[test]
+    fn a_connection_shows_the_node_the_public_address_and_the_remote_ipv4() {
+        let (key, out, config) = connection();
+        let back = CtEntry {
+            last_seen: 2_000_000_000,
+            flags: CT_NAT64,
+            ..CtEntry::default()
+        };
+        let mut nat4 = Nat4Config::default();
+        nat4.timeouts[Timeout::TcpEstablished as usize] = 10;
+        let c = Nat64Connection::of(&key, &out, Some(&back), &config, &nat4, 3_000_000_000);
+        assert_eq!(c.protocol, "tcp");
+        assert_eq!(c.node.to_string(), "[2001:db8:ed0:3::1]:50000");
+        assert_eq!(c.public.to_string(), "185.69.166.123:40001");
+        assert_eq!(c.remote.to_string(), "192.0.2.7:443");
+        assert_eq!((c.state, c.idle_ms, c.live), ("established", 1000, true));
+    }
+}

@@ -19,8 +19,14 @@ use exitd_common::nat64::{
     XDP_TAIL_NAT64_IN, XDP_TAILS_MAP,
 };
 
-/// The program arrays (pinned with the other maps).
-pub const TAIL_MAPS: [&str; 2] = [XDP_TAILS_MAP, TC_TAILS_MAP];
+/// What `xdp_fwd6` hands to `xdp_nat64_in` (a per-CPU map of the object).
+const TAIL_STATE_MAP: &str = "TAIL_STATE";
+
+/// The program arrays and the state passed along a tail call (pinned with the other maps).
+/// Every load of the object refills the arrays, so a tail may come from another load than
+/// its caller (the TC attach loads the object again): both must then still see one
+/// TAIL_STATE, or `xdp_nat64_in` reads an empty one and drops every NAT64 reply.
+pub const TAIL_MAPS: [&str; 3] = [XDP_TAILS_MAP, TC_TAILS_MAP, TAIL_STATE_MAP];
 
 /// Loads the tail-called programs of `ebpf` (the object the callers were loaded from) and
 /// puts them into their program arrays. Idempotent: programs already loaded are reused,
@@ -45,7 +51,7 @@ pub fn fill(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// Loads `name` (XDP or TC classifier) unless it is loaded; returns its fd.
-fn load(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+pub(super) fn load(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;

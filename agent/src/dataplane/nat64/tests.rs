@@ -116,6 +116,14 @@ fn allow_lists_take_v4_and_v6_networks() {
     assert_eq!(allow, ["10.0.0.0/8", "2001:db8::/32"]);
     let err = error_of("[dataplane.firewall]\nallow = [\"somewhere\"]\n");
     assert!(err.contains("somewhere") && err.contains("CIDR"), "{err}");
+    let many: Vec<String> = (0..=256)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let err = error_of(&format!(
+        "[dataplane.firewall]\nallow = [{}]\n",
+        many.join(",")
+    ));
+    assert!(err.contains("at most 256"), "the map's size: {err}");
 }
 
 #[test]
@@ -232,4 +240,49 @@ fn the_packaged_example_runs_nat64_on_the_concentrator_interface() {
     assert_eq!(n.interfaces, ["wg-parker"]);
     assert_eq!(n.control_ports.len(), 3);
     assert!(n.firewalled_links.len() >= 2, "{:?}", n.firewalled_links);
+}
+
+#[test]
+fn node_ipv4_ranges_are_networks_of_24_or_wider() {
+    let ok = "[dataplane.nat64]\ninterfaces = [\"wg0\"]\nnode_ipv4 = [\"10.64.0.0/23\"]\n";
+    assert!(parse(ok).is_ok());
+    for (bad, says) in [
+        ("10.64.0.0/25", "/24 or wider"),
+        ("10.64.0.1/23", "/24 or wider"),
+        ("2001:db8::/64", "not an IPv4 network"),
+        ("10.0.0.0/8", "at most"),
+    ] {
+        let text = format!("[dataplane.nat64]\nnode_ipv4 = [\"{bad}\"]\n");
+        let err = error_of(&text);
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn node_ranges_are_routed_per_24_through_the_kernel_apart_from_tenants() {
+    let text = "[dataplane.nat64]\ninterfaces = [\"wg-missing\", \"wg0\"]\n\
+                node_ipv4 = [\"10.64.0.0/23\"]\n";
+    let plan = resolved(&parse(text).unwrap()).unwrap();
+    let facts = facts(&plan);
+    let routes = node_routes(&plan, &facts);
+    let nets: Vec<[u8; 4]> = routes.keys().copied().collect();
+    assert_eq!(nets, [[10, 64, 0, 0], [10, 64, 1, 0]]);
+    let wg0 = facts.links["wg0"].ifindex;
+    for route in routes.values() {
+        assert_eq!(route.ifindex, wg0, "the first node-facing link that exists");
+        assert_eq!(route.flags, exitd_common::nat4::ROUTE4_VIA_KERNEL);
+        assert_eq!(route.tenant, NODE_TENANT);
+    }
+    let table = crate::dataplane::gateway::GatewayTable::of(&plan, &facts).unwrap();
+    assert!(table.nat4.routes.contains_key(&[10, 64, 1, 0]));
+    assert!(
+        !table.fwd6.ports.contains(&wg0),
+        "replies reach the tunnel through the kernel, not a redirect"
+    );
+    let mut no_link = facts.clone();
+    no_link.links.remove("wg0");
+    assert!(
+        node_routes(&plan, &no_link).is_empty(),
+        "no link yet: no routes"
+    );
 }
