@@ -212,9 +212,12 @@ pub enum Nat4Verdict {
     PassLocal = 17,
     /// Arrived on a link the tenant's network is not behind.
     PassSpoofed = 18,
+    /// A reply (or ICMP error) of a NAT64 connection: translated to IPv6 and counted in
+    /// NAT64_STATS.
+    Nat64 = 19,
 }
 
-pub const NAT4_VERDICT_COUNT: u32 = 19;
+pub const NAT4_VERDICT_COUNT: u32 = 20;
 
 impl Nat4Verdict {
     pub const ALL: [Nat4Verdict; NAT4_VERDICT_COUNT as usize] = [
@@ -237,6 +240,7 @@ impl Nat4Verdict {
         Nat4Verdict::PassNoNeighbour,
         Nat4Verdict::PassLocal,
         Nat4Verdict::PassSpoofed,
+        Nat4Verdict::Nat64,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -260,6 +264,7 @@ impl Nat4Verdict {
             Nat4Verdict::PassNoNeighbour => "pass_no_neighbour",
             Nat4Verdict::PassLocal => "pass_local",
             Nat4Verdict::PassSpoofed => "pass_spoofed",
+            Nat4Verdict::Nat64 => "nat64",
         }
     }
 }

@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use exitd_common::{
     nat4::{
-        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN, CT_OUT,
-        CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4, MAX_ROUTES4, NAT4_ENABLED,
-        NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
+        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN,
+        CT_NAT64, CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4,
+        MAX_ROUTES4, NAT4_ENABLED, NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
     },
     Counters, ROUTE_NEIGH_KNOWN,
 };
@@ -45,15 +45,16 @@ static ROUTES4: HashMap<[u8; 4], Route4, { MAX_ROUTES4 as usize }> = HashMap::ne
 
 /// The gateway's own IPv4 addresses: tenants' packets to them belong to the kernel.
 #[btf_map]
-static LOCAL4: HashMap<[u8; 4], u32, { MAX_LOCAL4 as usize }> = HashMap::new();
+pub(crate) static LOCAL4: HashMap<[u8; 4], u32, { MAX_LOCAL4 as usize }> = HashMap::new();
 
 /// Public address, port range, upstream next hop and timeouts.
 #[btf_map]
-static NAT4_CONFIG: Array<Nat4Config, 1> = Array::new();
+pub(crate) static NAT4_CONFIG: Array<Nat4Config, 1> = Array::new();
 
 /// Connection tracking: two entries per connection, see the module comment.
 #[btf_map]
-static CT4: LruHashMap<CtKey, CtEntry, { DEFAULT_CT4_ENTRIES as usize }> = LruHashMap::new();
+pub(crate) static CT4: LruHashMap<CtKey, CtEntry, { DEFAULT_CT4_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// Public ports forwarded into tenant networks.
 #[btf_map]
@@ -61,14 +62,15 @@ static PORT_FWD4: HashMap<PortFwdKey, PortFwdTarget, { MAX_PORT_FWD4 as usize }>
 
 /// Packets and bytes per translator verdict, per CPU.
 #[btf_map]
-static NAT4_STATS: PerCpuArray<Counters, { NAT4_VERDICT_COUNT as usize }> = PerCpuArray::new();
+pub(crate) static NAT4_STATS: PerCpuArray<Counters, { NAT4_VERDICT_COUNT as usize }> =
+    PerCpuArray::new();
 
 /// How many ports a new connection tries before it is dropped as exhausted: the source port
 /// first, then consecutive ports from a random start (bounded so the verifier accepts it).
 const PORT_TRIES: u32 = 32;
 
 const L3: usize = EthHdr::LEN;
-const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+pub(crate) const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
 /// Handles an IPv4 frame, or returns None when no NAT is configured (the caller then counts
 /// it as it always did).
@@ -97,12 +99,12 @@ fn action_for(reason: Nat4Verdict) -> u32 {
 }
 
 /// A checked IPv4 packet: header pointer and the L4 protocol.
-struct Packet {
-    ip: *mut Ipv4Hdr,
-    proto: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
-    ttl: u8,
+pub(crate) struct Packet {
+    pub ip: *mut Ipv4Hdr,
+    pub proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ttl: u8,
 }
 
 #[inline(always)]
@@ -116,7 +118,7 @@ fn try_nat4(ctx: &XdpContext, cfg: &Nat4Config) -> Result<(Nat4Verdict, u32), Na
 
 /// Checks the IPv4 header: version, no options, length within the frame, not a fragment.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
+pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let (version_ihl, tot_len, frag_off) = unsafe {
@@ -153,7 +155,7 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
 
 /// The first 8 bytes after the IPv4 header (present: parse checked tot_len ≥ 28).
 #[inline(always)]
-fn l4_head(ctx: &XdpContext) -> Result<*mut L4Head, Nat4Verdict> {
+pub(crate) fn l4_head(ctx: &XdpContext) -> Result<*mut L4Head, Nat4Verdict> {
     ptr_at(ctx, L4).ok_or(Nat4Verdict::PassMalformed)
 }
 
@@ -213,7 +215,15 @@ fn outbound(
             }
             touch(entry, pkt.proto, tcp, now);
             // SAFETY: as above.
-            (unsafe { *entry }, Nat4Verdict::Out)
+            (
+                unsafe {
+                    Xlat {
+                        addr: (*entry).addr,
+                        port: (*entry).port,
+                    }
+                },
+                Nat4Verdict::Out,
+            )
         }
         None => (
             new_outbound(cfg, pkt, &key, tcp, ingress, now)?,
@@ -253,7 +263,7 @@ fn new_outbound(
     tcp: u8,
     ingress: u32,
     now: u64,
-) -> Result<CtEntry, Nat4Verdict> {
+) -> Result<Xlat, Nat4Verdict> {
     let Some(from) = tenant_route(pkt.src) else {
         return Err(Nat4Verdict::PassNotNat);
     };
@@ -279,15 +289,70 @@ fn new_outbound(
 }
 
 /// Finds a free public port for `key` (the source port if it is in range and free) and
-/// creates both entries. The incoming entry is inserted with BPF_NOEXIST, so two CPUs can
-/// never hand out one port for the same remote endpoint.
+/// creates both entries.
 #[inline(always)]
 fn allocate_port(
     cfg: &Nat4Config,
     key: &CtKey,
     ingress: u32,
     now: u64,
-) -> Result<CtEntry, Nat4Verdict> {
+) -> Result<Xlat, Nat4Verdict> {
+    let back = scratch_entry(key.src, key.sport, 0, now, 0)?;
+    let port = claimed(claim_port(cfg, key, back, now)).ok_or(Nat4Verdict::DropExhausted)?;
+    let entry = scratch_entry(cfg.public, port, 0, now, ingress)?;
+    // Cannot fail for lack of room: an LRU map evicts instead.
+    let _ = CT4.insert(key, entry, BPF_ANY as u64);
+    Ok(Xlat {
+        addr: cfg.public,
+        port,
+    })
+}
+
+/// What a packet is translated to: its new source (outgoing) or destination (incoming).
+#[derive(Clone, Copy)]
+pub(crate) struct Xlat {
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
+/// This CPU's slot for building an entry to insert: entries built on the stack cost frame
+/// space the programs do not have (512 bytes for the whole call chain).
+#[btf_map]
+static ENTRY_SCRATCH: PerCpuArray<CtEntry, 1> = PerCpuArray::new();
+
+/// Fills the scratch entry (NAT44: no IPv6 address).
+#[inline(always)]
+fn scratch_entry(
+    addr: [u8; 4],
+    port: u16,
+    flags: u8,
+    now: u64,
+    ifindex: u32,
+) -> Result<&'static CtEntry, Nat4Verdict> {
+    let e = ENTRY_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Nat4Verdict::PassMalformed)?;
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let e = unsafe { &mut *e };
+    e.addr = addr;
+    e.port = port;
+    e.state = 0;
+    e.flags = flags;
+    e.last_seen = now;
+    e.ifindex = ifindex;
+    e.pad = 0;
+    e.addr6 = [0; 16];
+    Ok(e)
+}
+
+/// Claims a public port for the outgoing connection `key` by inserting its incoming entry
+/// `back` under the reply key (NAT44 and NAT64 share this, so they never collide). The
+/// insert uses BPF_NOEXIST, so two CPUs can never hand out one port for the same remote
+/// endpoint. Returns `CLAIMED | port` (network order), or 0 when every try was taken: one
+/// register, so this can be a BPF function of its own (inlined, the callers' stack frames
+/// would exceed 512 bytes).
+#[inline(never)]
+pub(crate) fn claim_port(cfg: &Nat4Config, key: &CtKey, back: &CtEntry, now: u64) -> u32 {
     let min = cfg.port_min as u32;
     let size = (cfg.port_max as u32).saturating_sub(min) + 1;
     let wanted = u16::from_be(key.sport) as u32;
@@ -296,16 +361,6 @@ fn allocate_port(
     } else {
         // SAFETY: helper without preconditions.
         (unsafe { bpf_get_prandom_u32() }) % size
-    };
-    let back = CtEntry {
-        addr: key.src,
-        port: key.sport,
-        state: 0,
-        flags: 0,
-        last_seen: now,
-        ifindex: 0,
-        pad: 0,
-        addr6: [0; 16],
     };
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i) % size) as u16).to_be();
@@ -319,23 +374,23 @@ fn allocate_port(
             continue;
         }
         let in_key = key.reply(cfg.public, port);
-        if claim(cfg, &in_key, &back, now) {
-            let entry = CtEntry {
-                addr: cfg.public,
-                port,
-                state: 0,
-                flags: 0,
-                last_seen: now,
-                ifindex: ingress,
-                pad: 0,
-                addr6: [0; 16],
-            };
-            // Cannot fail for lack of room: an LRU map evicts instead.
-            let _ = CT4.insert(key, entry, BPF_ANY as u64);
-            return Ok(entry);
+        if claim(cfg, &in_key, back, now) {
+            return CLAIMED | port as u32;
         }
     }
-    Err(Nat4Verdict::DropExhausted)
+    0
+}
+
+const CLAIMED: u32 = 1 << 16;
+
+/// The port of a `claim_port` result.
+#[inline(always)]
+pub(crate) fn claimed(result: u32) -> Option<u16> {
+    if result & CLAIMED != 0 {
+        Some(result as u16)
+    } else {
+        None
+    }
 }
 
 /// Inserts `entry` under `key` unless a live entry holds it; a stale one is reclaimed.
@@ -370,17 +425,26 @@ fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
 #[inline(always)]
 fn lookup_live(cfg: &Nat4Config, key: &CtKey, now: u64) -> Option<*mut CtEntry> {
     let entry = CT4.get_ptr_mut(key)?;
-    // SAFETY: pointer into the map value, valid during this run; copied out.
-    let e = unsafe { *entry };
-    if fresh(cfg, key.proto, &e, now) {
+    // SAFETY: pointer into the map value, valid during this run; read in place (copies
+    // would cost stack the programs do not have).
+    let e = unsafe { &*entry };
+    if fresh(cfg, key.proto, e, now) {
         return Some(entry);
     }
-    let other = partner_key(key, &e);
+    if e.flags & CT_NAT64 != 0 {
+        if crate::nat64::partner_alive(cfg, key, e, now) {
+            return Some(entry);
+        }
+        let _ = CT4.remove(key);
+        count(&NAT4_STATS, Nat4Verdict::Expired as u32, 0);
+        return None;
+    }
+    let other = partner_key(key, e);
     // SAFETY: as above.
-    let partner = CT4.get_ptr(other).map(|p| unsafe { *p });
+    let partner = CT4.get_ptr(other).map(|p| unsafe { &*p });
     let ours = partner.filter(|p| p.addr == back_addr(key) && p.port == back_port(key));
     if let Some(p) = ours {
-        if fresh(cfg, key.proto, &p, now) {
+        if fresh(cfg, key.proto, p, now) {
             return Some(entry);
         }
         let _ = CT4.remove(other);
@@ -411,13 +475,13 @@ fn back_port(key: &CtKey) -> u16 {
 }
 
 #[inline(always)]
-fn fresh(cfg: &Nat4Config, proto: u8, entry: &CtEntry, now: u64) -> bool {
+pub(crate) fn fresh(cfg: &Nat4Config, proto: u8, entry: &CtEntry, now: u64) -> bool {
     now.saturating_sub(entry.last_seen) <= cfg.timeout_ns(proto, entry.state)
 }
 
 /// Records a packet on a live entry: time, and the TCP state its flags move to.
 #[inline(always)]
-fn touch(entry: *mut CtEntry, proto: u8, tcp: u8, now: u64) {
+pub(crate) fn touch(entry: *mut CtEntry, proto: u8, tcp: u8, now: u64) {
     // SAFETY: pointer into the map value, valid during this run. Concurrent writers race
     // benignly: both write a current time or the same state.
     unsafe {
@@ -475,7 +539,18 @@ fn inbound(
         Some(entry) => {
             touch(entry, pkt.proto, tcp, now);
             // SAFETY: a pointer into the map's value, valid during this program run.
-            (unsafe { *entry }, Nat4Verdict::In)
+            let e = unsafe { &*entry };
+            if e.flags & CT_NAT64 != 0 {
+                let action = crate::nat64::to_nat64_in(ctx, &key, false, false);
+                return Ok((Nat4Verdict::Nat64, action));
+            }
+            (
+                Xlat {
+                    addr: e.addr,
+                    port: e.port,
+                },
+                Nat4Verdict::In,
+            )
         }
         None => (new_forward(&key, tcp, now)?, Nat4Verdict::NewForward),
     };
@@ -490,7 +565,7 @@ fn inbound(
 /// A new connection to a forwarded public port (TCP only on a SYN): both entries point at
 /// the tenant's target.
 #[inline(always)]
-fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
+fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<Xlat, Nat4Verdict> {
     if key.proto == net::IPPROTO_ICMP {
         return Err(Nat4Verdict::PassNoState);
     }
@@ -507,30 +582,15 @@ fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
         return Err(Nat4Verdict::PassNoState);
     }
     let route = tenant_route(target.addr).ok_or(Nat4Verdict::PassNoState)?;
-    let entry = CtEntry {
+    let entry = scratch_entry(target.addr, target.port, CT_PORT_FORWARD, now, 0)?;
+    let _ = CT4.insert(key, entry, BPF_ANY as u64);
+    let out_key = partner_key(key, entry);
+    let out = scratch_entry(key.dst, key.dport, CT_PORT_FORWARD, now, route.ifindex)?;
+    let _ = CT4.insert(out_key, out, BPF_ANY as u64);
+    Ok(Xlat {
         addr: target.addr,
         port: target.port,
-        state: 0,
-        flags: CT_PORT_FORWARD,
-        last_seen: now,
-        ifindex: 0,
-        pad: 0,
-        addr6: [0; 16],
-    };
-    let _ = CT4.insert(key, entry, BPF_ANY as u64);
-    let out_key = partner_key(key, &entry);
-    let out = CtEntry {
-        addr: key.dst,
-        port: key.dport,
-        state: 0,
-        flags: CT_PORT_FORWARD,
-        last_seen: now,
-        ifindex: route.ifindex,
-        pad: 0,
-        addr6: [0; 16],
-    };
-    let _ = CT4.insert(out_key, out, BPF_ANY as u64);
-    Ok(entry)
+    })
 }
 
 /// Rewrites source (`out`) or destination address and port, updating the IPv4 and L4
@@ -600,7 +660,7 @@ fn rewrite(
 
 /// A computed UDP checksum of 0 is sent as all ones (0 means "no checksum").
 #[inline(always)]
-fn udp_check(check: u16) -> u16 {
+pub(crate) fn udp_check(check: u16) -> u16 {
     if check == 0 {
         0xffff
     } else {
@@ -609,8 +669,8 @@ fn udp_check(check: u16) -> u16 {
 }
 
 /// Offsets inside an ICMP error: the embedded IPv4 header and its first 8 L4 bytes.
-const INNER_L3: usize = L4 + 8;
-const INNER_L4: usize = INNER_L3 + Ipv4Hdr::LEN;
+pub(crate) const INNER_L3: usize = L4 + 8;
+pub(crate) const INNER_L4: usize = INNER_L3 + Ipv4Hdr::LEN;
 
 /// An ICMP error about a packet we translated (it quotes that packet as sent: from the
 /// public address). Translates the outer destination and the quoted source, fixing the
@@ -665,15 +725,19 @@ fn icmp_error(
     };
     let entry = lookup_live(cfg, &key, now()).ok_or(Nat4Verdict::PassNoState)?;
     // SAFETY: pointer into the map value, valid during this run.
-    let entry = unsafe { *entry };
+    let entry = unsafe { &*entry };
     if pkt.ttl <= 1 {
         return Err(Nat4Verdict::PassTtl);
+    }
+    if entry.flags & CT_NAT64 != 0 {
+        let action = crate::nat64::to_nat64_in(ctx, &key, true, quotes_tcp_check);
+        return Ok((Nat4Verdict::Nat64, action));
     }
     let route = tenant_route(entry.addr).ok_or(Nat4Verdict::PassNoState)?;
     if route.flags & ROUTE_NEIGH_KNOWN == 0 {
         return Err(Nat4Verdict::PassNoNeighbour);
     }
-    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, &entry, quotes_tcp_check)?;
+    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, entry, quotes_tcp_check)?;
     // SAFETY: the outer ICMP header is the checked head.
     unsafe { (*head).word1 = icmp_delta.apply((*head).word1) };
     // The outer header: destination and TTL, as for any incoming packet (the ICMP header
@@ -728,7 +792,7 @@ fn rewrite_quoted(
             net::IPPROTO_TCP => {
                 // The quoted TCP checksum is only there when the router quoted enough.
                 let check =
-                    ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF).filter(|_| quotes_tcp_check);
+                    ptr_at::<u16, _>(ctx, INNER_L4 + TCP_CSUM_OFF).filter(|_| quotes_tcp_check);
                 if let Some(check) = check {
                     let new = l4_delta.apply(*check);
                     delta = delta.word(*check, new);
@@ -778,7 +842,7 @@ fn redirect(
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
