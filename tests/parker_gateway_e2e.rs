@@ -212,7 +212,7 @@ impl Lab {
              [parker.ipam]\npath = {ipam:?}\nparent = \"{NODES6}\"\n\
              [parker.etcd]\nendpoints = [\"{etcd}\"]\nprefix = \"/exitd/e2e/parker/\"\n\n\
              [concentrator]\nname = \"gw1\"\nid = {id}\nendpoint = \"{PUBLIC4}:{CONCENTRATOR_PORT}\"\n\
-             interface = \"{wg}\"\nwireguard = \"userspace\"\nprivate_key_file = {key:?}\n\
+             interface = \"{wg}\"\nnamespace = \"{gateway}\"\nwireguard = \"userspace\"\nprivate_key_file = {key:?}\n\
              state_dir = {cstate:?}\n\
              [concentrator.etcd]\nendpoints = [\"{etcd}\"]\nprefix = \"/exitd/e2e/parker/\"\n",
             pins = self.pins.path(),
@@ -225,6 +225,7 @@ impl Lab {
             ipam = dir.join("ipam"),
             id = self.concentrator_id,
             wg = self.concentrator_wg,
+            gateway = self.gateway.name(),
             key = dir.join("concentrator.key"),
             cstate = dir.join("concentrator"),
         );
