@@ -12,9 +12,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, Xdp},
 };
+use exitd::{
+    dataplane::nat4::translator_config,
+    plan::{NatSettings, PortRange},
+};
 use exitd_common::{
     Counters, ROUTE_NEIGH_KNOWN,
-    nat4::{NAT4_ENABLED, Nat4Config, Nat4Verdict, Route4, TIMEOUT_COUNT, Timeout},
+    nat4::{Nat4Config, Nat4Verdict, ROUTE4_VIA_KERNEL, Route4},
     nat64::{FW_DROP4, FW_DROP6, FwPort, Nat64Config, Nat64Verdict, WELL_KNOWN_PREFIX, XlatSource},
 };
 use exitd_testkit::{
@@ -67,31 +71,25 @@ impl Nat64 {
         let mut ebpf = Ebpf::load(exitd::dataplane::OBJECT).unwrap();
         let fwd: &mut Xdp = ebpf.program_mut("xdp_fwd6").unwrap().try_into().unwrap();
         fwd.load().expect("the verifier accepts xdp_fwd6");
-        for name in ["tc_nat64_eth", "tc_nat64_l3"] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
-        }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut("tc_nat64_eth")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load().expect("the verifier accepts tc_nat64_eth");
         exitd::dataplane::tails::fill(&mut ebpf).expect("tail programs load");
-        let mut timeouts = [0u32; TIMEOUT_COUNT];
-        timeouts[Timeout::TcpEstablished as usize] = 7440;
-        timeouts[Timeout::TcpTransitory as usize] = 240;
-        timeouts[Timeout::Udp as usize] = 300;
-        timeouts[Timeout::Icmp as usize] = 30;
-        let n4 = Nat4Config {
-            public: PUBLIC.octets(),
-            port_min,
-            port_max,
-            flags: NAT4_ENABLED,
-            upstream: Route4 {
-                ifindex: UPLINK,
-                tenant: 0,
-                dst_mac: UP_NEXT_MAC,
-                src_mac: UP_OWN_MAC,
-                flags: ROUTE_NEIGH_KNOWN,
-            },
-            timeouts,
+        let settings = NatSettings {
+            ports: PortRange(port_min, port_max),
+            ..NatSettings::default()
         };
+        let upstream = Route4 {
+            ifindex: UPLINK,
+            tenant: 0,
+            dst_mac: UP_NEXT_MAC,
+            src_mac: UP_OWN_MAC,
+            flags: ROUTE_NEIGH_KNOWN,
+        };
+        let n4 = translator_config(&settings, PUBLIC, upstream);
         let mut nat = Nat64 { ebpf };
         nat.array("NAT4_CONFIG").set(0, n4, 0).unwrap();
         let n64 = Nat64Config::new(WELL_KNOWN_PREFIX, 96).unwrap();
@@ -168,6 +166,18 @@ impl Nat64 {
         let ip = run.packet[14..].to_vec();
         packet4::verify_checksums(&ip).unwrap();
         ip
+    }
+
+    /// The node's `frame` goes to the kernel unchanged, counted under `why`.
+    fn assert_left_to_the_kernel(&self, frame: &[u8], why: Nat64Verdict) {
+        let before = self.nat64_count(why);
+        let run = self.tc(frame);
+        assert_eq!(
+            (run.verdict, &run.packet[..]),
+            (tc_action::OK, frame),
+            "{why:?}"
+        );
+        assert_eq!(self.nat64_count(why), before + 1, "{why:?}");
     }
 
     /// Delivers `ip4` on the uplink and returns the IPv6 packet handed to the kernel.
@@ -320,22 +330,11 @@ fn only_the_nodes_xlat_prefixes_and_global_destinations_are_translated() {
         "RFC 6052: no non-global IPv4 with 64:ff9b::/96"
     );
     assert_eq!(nat.nat64_count(Nat64Verdict::DropNonGlobal), 1);
+    // Native IPv6, and the last hop's TTL (the kernel sends Time Exceeded).
     let native = frame6(&ipv6_udp(NODE, OTHER, 1, 2, 64, b"x"));
-    let run = nat.tc(&native);
-    assert_eq!(
-        (run.verdict, run.packet),
-        (tc_action::OK, native),
-        "native IPv6 untouched"
-    );
-    assert_eq!(nat.nat64_count(Nat64Verdict::PassNotNat64), 1);
+    nat.assert_left_to_the_kernel(&native, Nat64Verdict::PassNotNat64);
     let last_hop = frame6(&ipv6_udp(NODE, nat64(REMOTE), 1, 2, 1, b"x"));
-    let run = nat.tc(&last_hop);
-    assert_eq!(
-        (run.verdict, run.packet),
-        (tc_action::OK, last_hop),
-        "the kernel sends Time Exceeded"
-    );
-    assert_eq!(nat.nat64_count(Nat64Verdict::PassHopLimit), 1);
+    nat.assert_left_to_the_kernel(&last_hop, Nat64Verdict::PassHopLimit);
 }
 
 #[test]
@@ -506,4 +505,74 @@ fn truncated_packets_are_never_translated_or_redirected() {
     let ptb_from_node = ipv6_icmp(NODE, nat64(REMOTE), 64, 2, 0, &[0, 0, 5, 0, 0x60, 0, 0]);
     assert_eq!(nat.tc(&frame6(&ptb_from_node)).verdict, tc_action::SHOT);
     assert_eq!(nat.nat64_count(Nat64Verdict::DropMalformed), malformed + 1);
+}
+
+#[test]
+fn ipv4_from_a_nodes_own_range_is_nat44ed_by_the_same_engine() {
+    require_root();
+    let mut nat = Nat64::new(1024, 60999);
+    let node4 = Ipv4Addr::new(10, 64, 5, 2);
+    // The node's /24 behind the node-facing link; replies go through the kernel (WireGuard
+    // takes no XDP redirects). A TC test run's packets have no ingress interface (0).
+    let mut routes: HashMap<_, [u8; 4], Route4> =
+        HashMap::try_from(nat.ebpf.map_mut("ROUTES4").unwrap()).unwrap();
+    let route = Route4 {
+        ifindex: 0,
+        tenant: 9,
+        flags: ROUTE4_VIA_KERNEL,
+        ..Route4::default()
+    };
+    routes.insert([10, 64, 5, 0], route, 0).unwrap();
+    let out = nat.tc(&frame4(&packet::ipv4_udp(
+        node4, REMOTE, 4444, 53, 64, b"q",
+    )));
+    assert_eq!(out.verdict, tc_action::REDIRECT);
+    assert_eq!(&out.packet[0..6], &UP_NEXT_MAC);
+    let ip = out.packet[14..].to_vec();
+    packet4::verify_checksums(&ip).unwrap();
+    assert_eq!((src4(&ip), dst4(&ip)), (PUBLIC, REMOTE));
+    assert_eq!(ip[8], 63);
+    assert_eq!(nat.nat64_count(Nat64Verdict::Nat44Out), 1);
+    assert_eq!(nat.nat4_count(Nat4Verdict::NewOut), 1);
+
+    let reply = nat.xdp(&frame4(&packet::ipv4_udp(
+        REMOTE,
+        PUBLIC,
+        53,
+        port(&ip, 20),
+        60,
+        b"a",
+    )));
+    assert_eq!(
+        reply.verdict,
+        verdict::PASS,
+        "the kernel routes it into the tunnel"
+    );
+    let back = &reply.packet[14..];
+    packet4::verify_checksums(back).unwrap();
+    assert_eq!((src4(back), dst4(back)), (REMOTE, node4));
+    assert_eq!(port(back, 22), 4444);
+    let stranger = frame4(&packet::ipv4_udp(
+        Ipv4Addr::new(10, 99, 0, 1),
+        REMOTE,
+        1,
+        2,
+        64,
+        b"x",
+    ));
+    let run = nat.tc(&stranger);
+    assert_eq!(
+        (run.verdict, run.packet),
+        (tc_action::OK, stranger),
+        "not a node range: the kernel's"
+    );
+}
+
+#[test]
+fn the_wireguard_variant_passes_the_verifier() {
+    require_root();
+    let mut ebpf = Ebpf::load(exitd::dataplane::OBJECT).unwrap();
+    let p: &mut SchedClassifier = ebpf.program_mut("tc_nat64_l3").unwrap().try_into().unwrap();
+    p.load().expect("the verifier accepts tc_nat64_l3");
+    exitd::dataplane::tails::fill(&mut ebpf).expect("and its tail programs");
 }

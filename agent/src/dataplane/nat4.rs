@@ -3,7 +3,7 @@
 //! live connections back (`exitd nat list`).
 
 use super::{PinDir, gateway::LinkFacts};
-use crate::plan::{NatPlan, Plan, input::Protocol};
+use crate::plan::{NatPlan, NatSettings, Plan, input::Protocol};
 use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use exitd_common::{
@@ -124,7 +124,12 @@ pub fn table_for(plan: &Plan, facts: &LinkFacts) -> Result<Nat4Table> {
 }
 
 fn config_of(nat: &NatPlan, public: Ipv4Addr, upstream: Route4) -> Nat4Config {
-    let s = &nat.settings;
+    translator_config(&nat.settings, public, upstream)
+}
+
+/// The translator's configuration entry for `settings`, translating to `public` and
+/// sending to `upstream`.
+pub fn translator_config(s: &NatSettings, public: Ipv4Addr, upstream: Route4) -> Nat4Config {
     let mut timeouts = [0u32; TIMEOUT_COUNT];
     timeouts[Timeout::TcpEstablished as usize] = s.tcp_established;
     timeouts[Timeout::TcpTransitory as usize] = s.tcp_transitory;

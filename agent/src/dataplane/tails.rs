@@ -7,15 +7,16 @@
 //! when its last user reference goes away, and the attached programs must keep reaching
 //! their tails after exitd exits.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     maps::ProgramArray,
-    programs::{ProgramFd, SchedClassifier, Xdp},
+    programs::{Program, ProgramFd},
 };
 use exitd_common::nat64::{
-    TC_NAT64_ICMP_ETH, TC_NAT64_ICMP_L3, TC_TAIL_ICMP_ETH, TC_TAIL_ICMP_L3, TC_TAILS_MAP,
-    XDP_NAT64_IN, XDP_TAIL_NAT64_IN, XDP_TAILS_MAP,
+    TC_NAT44_ETH, TC_NAT44_L3, TC_NAT64_ICMP_ETH, TC_NAT64_ICMP_L3, TC_TAIL_ICMP_ETH,
+    TC_TAIL_ICMP_L3, TC_TAIL_NAT44_ETH, TC_TAIL_NAT44_L3, TC_TAILS_MAP, XDP_NAT64_IN,
+    XDP_TAIL_NAT64_IN, XDP_TAILS_MAP,
 };
 
 /// The program arrays (pinned with the other maps).
@@ -25,39 +26,36 @@ pub const TAIL_MAPS: [&str; 2] = [XDP_TAILS_MAP, TC_TAILS_MAP];
 /// puts them into their program arrays. Idempotent: programs already loaded are reused,
 /// slots are overwritten.
 pub fn fill(ebpf: &mut Ebpf) -> Result<()> {
-    let xdp_in = load_xdp(ebpf, XDP_NAT64_IN)?;
-    let icmp_l3 = load_classifier(ebpf, TC_NAT64_ICMP_L3)?;
-    let icmp_eth = load_classifier(ebpf, TC_NAT64_ICMP_ETH)?;
+    let xdp_in = load(ebpf, XDP_NAT64_IN)?;
+    let icmp_l3 = load(ebpf, TC_NAT64_ICMP_L3)?;
+    let icmp_eth = load(ebpf, TC_NAT64_ICMP_ETH)?;
+    let nat44_l3 = load(ebpf, TC_NAT44_L3)?;
+    let nat44_eth = load(ebpf, TC_NAT44_ETH)?;
     set(ebpf, XDP_TAILS_MAP, &[(XDP_TAIL_NAT64_IN, &xdp_in)])?;
     set(
         ebpf,
         TC_TAILS_MAP,
-        &[(TC_TAIL_ICMP_L3, &icmp_l3), (TC_TAIL_ICMP_ETH, &icmp_eth)],
+        &[
+            (TC_TAIL_ICMP_L3, &icmp_l3),
+            (TC_TAIL_ICMP_ETH, &icmp_eth),
+            (TC_TAIL_NAT44_L3, &nat44_l3),
+            (TC_TAIL_NAT44_ETH, &nat44_eth),
+        ],
     )
 }
 
-fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
-    let program: &mut Xdp = ebpf
+/// Loads `name` (XDP or TC classifier) unless it is loaded; returns its fd.
+fn load(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+    let program = ebpf
         .program_mut(name)
-        .with_context(|| format!("the eBPF object has no program {name}"))?
-        .try_into()?;
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
     if program.fd().is_err() {
-        program
-            .load()
-            .with_context(|| format!("the kernel refused to load {name}"))?;
-    }
-    Ok(program.fd()?.try_clone()?)
-}
-
-fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("the eBPF object has no program {name}"))?
-        .try_into()?;
-    if program.fd().is_err() {
-        program
-            .load()
-            .with_context(|| format!("the kernel refused to load {name}"))?;
+        let loaded = match program {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            _ => bail!("{name} is neither an XDP nor a TC program"),
+        };
+        loaded.with_context(|| format!("the kernel refused to load {name}"))?;
     }
     Ok(program.fd()?.try_clone()?)
 }

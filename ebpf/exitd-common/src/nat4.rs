@@ -37,6 +37,11 @@ pub struct Route4 {
     pub flags: u32,
 }
 
+/// `Route4::flags`: the network is behind a link XDP cannot redirect to (a WireGuard
+/// interface, where Parker nodes' IPv4 ranges live): replies are translated and handed to
+/// the kernel, which routes them. `ROUTE_NEIGH_KNOWN` does not apply.
+pub const ROUTE4_VIA_KERNEL: u32 = 2;
+
 /// `Nat4Config::flags`: translation is on (a public IPv4 is configured).
 pub const NAT4_ENABLED: u32 = 1;
 

@@ -31,6 +31,11 @@ pub const XDP_TAIL_NAT64_IN: u32 = 0;
 /// TC_TAILS slots of the ICMPv6 error translators.
 pub const TC_TAIL_ICMP_L3: u32 = 0;
 pub const TC_TAIL_ICMP_ETH: u32 = 1;
+/// TC_TAILS slots of the NAT44 for nodes' IPv4 ranges.
+pub const TC_TAIL_NAT44_L3: u32 = 2;
+pub const TC_TAIL_NAT44_ETH: u32 = 3;
+pub const TC_NAT44_L3: &str = "tc_nat44_l3";
+pub const TC_NAT44_ETH: &str = "tc_nat44_eth";
 pub const XDP_NAT64_IN: &str = "xdp_nat64_in";
 pub const TC_NAT64_ICMP_L3: &str = "tc_nat64_icmp_l3";
 pub const TC_NAT64_ICMP_ETH: &str = "tc_nat64_icmp_eth";

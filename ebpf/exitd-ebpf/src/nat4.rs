@@ -34,7 +34,8 @@ use exitd_common::{
     nat4::{
         CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN,
         CT_NAT64, CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4,
-        MAX_ROUTES4, NAT4_ENABLED, NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
+        MAX_ROUTES4, NAT4_ENABLED, NAT4_VERDICT_COUNT, ROUTE4_VIA_KERNEL, TCP_CLOSING,
+        TCP_ESTABLISHED,
     },
     Counters, ROUTE_NEIGH_KNOWN,
 };
@@ -109,17 +110,21 @@ pub(crate) struct Packet {
 
 #[inline(always)]
 fn try_nat4(ctx: &XdpContext, cfg: &Nat4Config) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let pkt = parse(ctx)?;
+    let pkt = parse::<_, L3>(ctx, ctx.data_end() - ctx.data())?;
     if pkt.dst == cfg.public {
         return inbound(ctx, cfg, &pkt);
     }
     outbound(ctx, cfg, &pkt)
 }
 
-/// Checks the IPv4 header: version, no options, length within the frame, not a fragment.
+/// Checks the IPv4 header at `OFF` of a packet of `total` bytes: version, no options,
+/// length within the packet, not a fragment.
 #[inline(always)]
-pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(Nat4Verdict::PassMalformed)?;
+pub(crate) fn parse<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+    total: usize,
+) -> Result<Packet, Nat4Verdict> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, OFF).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let (version_ihl, tot_len, frag_off) = unsafe {
         (
@@ -134,7 +139,7 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
     if version_ihl & 0x0f > 5 {
         return Err(Nat4Verdict::PassOptions);
     }
-    if tot_len < Ipv4Hdr::LEN + 8 || L3 + tot_len > ctx.data_end() - ctx.data() {
+    if tot_len < Ipv4Hdr::LEN + 8 || OFF + tot_len > total {
         return Err(Nat4Verdict::PassMalformed);
     }
     // More-fragments flag or a fragment offset.
@@ -155,19 +160,22 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
 
 /// The first 8 bytes after the IPv4 header (present: parse checked tot_len ≥ 28).
 #[inline(always)]
-pub(crate) fn l4_head(ctx: &XdpContext) -> Result<*mut L4Head, Nat4Verdict> {
-    ptr_at(ctx, L4).ok_or(Nat4Verdict::PassMalformed)
+pub(crate) fn l4_head<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+) -> Result<*mut L4Head, Nat4Verdict> {
+    ptr_at(ctx, OFF + Ipv4Hdr::LEN).ok_or(Nat4Verdict::PassMalformed)
 }
 
 /// The TCP flags byte, or PassMalformed when the TCP header is incomplete.
 #[inline(always)]
-fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> Result<u8, Nat4Verdict> {
+fn tcp_flags<C: net::Packet, const OFF: usize>(ctx: &C, pkt: &Packet) -> Result<u8, Nat4Verdict> {
     // SAFETY: parse checked the header; tot_len must cover a whole TCP header.
     let tot_len = u16::from_be_bytes(unsafe { (*pkt.ip).tot_len }) as usize;
     if tot_len < Ipv4Hdr::LEN + TCP_HDR_LEN {
         return Err(Nat4Verdict::PassMalformed);
     }
-    let flags: *const u8 = ptr_at(ctx, L4 + TCP_FLAGS_OFF).ok_or(Nat4Verdict::PassMalformed)?;
+    let flags: *const u8 =
+        ptr_at(ctx, OFF + Ipv4Hdr::LEN + TCP_FLAGS_OFF).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: ptr_at checked the byte is inside the packet.
     Ok(unsafe { *flags })
 }
@@ -179,11 +187,25 @@ fn outbound(
     cfg: &Nat4Config,
     pkt: &Packet,
 ) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let head = l4_head(ctx)?;
+    let verdict = translate_out::<_, L3>(ctx, cfg, pkt, ctx.ingress_ifindex() as u32)?;
+    redirect(ctx, &cfg.upstream, verdict)
+}
+
+/// Translates a packet from a tenant (or, from the NAT64 program, a node) arriving on
+/// `ingress` with its IPv4 header at `OFF`: the source becomes the public address and a
+/// claimed port. The caller sends it upstream.
+#[inline(always)]
+pub(crate) fn translate_out<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+    cfg: &Nat4Config,
+    pkt: &Packet,
+    ingress: u32,
+) -> Result<Nat4Verdict, Nat4Verdict> {
+    let head = l4_head::<C, OFF>(ctx)?;
     // SAFETY: l4_head checked the 8 bytes are inside the packet.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
     let (sport, dport, tcp) = match pkt.proto {
-        net::IPPROTO_TCP => (w0, w1, tcp_flags(ctx, pkt)?),
+        net::IPPROTO_TCP => (w0, w1, tcp_flags::<C, OFF>(ctx, pkt)?),
         net::IPPROTO_UDP => (w0, w1, 0),
         net::IPPROTO_ICMP if w0.to_ne_bytes()[0] == net::ICMP_ECHO_REQUEST => (w2, 0, 0),
         _ => return Err(not_ours_or(pkt, Nat4Verdict::PassProtocol)),
@@ -206,7 +228,6 @@ fn outbound(
         return Err(not_ours_or(pkt, Nat4Verdict::PassNoNeighbour));
     }
     let now = now();
-    let ingress = ctx.ingress_ifindex() as u32;
     let (entry, verdict) = match lookup_live(cfg, &key, now) {
         Some(entry) => {
             // SAFETY: a pointer into the map's value, valid during this program run.
@@ -230,8 +251,8 @@ fn outbound(
             Nat4Verdict::NewOut,
         ),
     };
-    rewrite(ctx, pkt, head, true, entry.addr, entry.port)?;
-    redirect(ctx, up, verdict)
+    rewrite::<C, OFF>(ctx, pkt, head, true, entry.addr, entry.port)?;
+    Ok(verdict)
 }
 
 /// Packets that are not from a tenant network are not ours at all; a tenant's packet we
@@ -506,11 +527,11 @@ fn inbound(
     cfg: &Nat4Config,
     pkt: &Packet,
 ) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let head = l4_head(ctx)?;
+    let head = l4_head::<_, L3>(ctx)?;
     // SAFETY: l4_head checked the 8 bytes are inside the packet.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
     let (sport, dport, tcp) = match pkt.proto {
-        net::IPPROTO_TCP => (w0, w1, tcp_flags(ctx, pkt)?),
+        net::IPPROTO_TCP => (w0, w1, tcp_flags::<_, L3>(ctx, pkt)?),
         net::IPPROTO_UDP => (w0, w1, 0),
         net::IPPROTO_ICMP => match w0.to_ne_bytes()[0] {
             net::ICMP_ECHO_REPLY => (0, w2, 0),
@@ -555,10 +576,16 @@ fn inbound(
         None => (new_forward(&key, tcp, now)?, Nat4Verdict::NewForward),
     };
     let route = tenant_route(entry.addr).ok_or(Nat4Verdict::PassNoState)?;
+    if route.flags & ROUTE4_VIA_KERNEL != 0 {
+        // Behind a link XDP cannot redirect to (a node's WireGuard tunnel): translated
+        // here, routed by the kernel (which decrements the TTL once more).
+        rewrite::<_, L3>(ctx, pkt, head, false, entry.addr, entry.port)?;
+        return Ok((verdict, xdp_action::XDP_PASS));
+    }
     if route.flags & ROUTE_NEIGH_KNOWN == 0 {
         return Err(Nat4Verdict::PassNoNeighbour);
     }
-    rewrite(ctx, pkt, head, false, entry.addr, entry.port)?;
+    rewrite::<_, L3>(ctx, pkt, head, false, entry.addr, entry.port)?;
     redirect(ctx, &route, verdict)
 }
 
@@ -596,8 +623,8 @@ fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<Xlat, Nat4Verdict> {
 /// Rewrites source (`out`) or destination address and port, updating the IPv4 and L4
 /// checksums incrementally, and decrements the TTL.
 #[inline(always)]
-fn rewrite(
-    ctx: &XdpContext,
+fn rewrite<C: net::Packet, const OFF: usize>(
+    ctx: &C,
     pkt: &Packet,
     head: *mut L4Head,
     out: bool,
@@ -628,25 +655,25 @@ fn rewrite(
             (_, false) => (*head).word1,
         }
     };
-    let l4_delta = CsumDelta::new().addr(old_addr, addr).word(old_port, port);
+    let pseudo = CsumDelta::new().addr(old_addr, addr);
+    let l4 = OFF + Ipv4Hdr::LEN;
     match pkt.proto {
-        net::IPPROTO_TCP => {
-            let check: *mut u16 =
-                ptr_at(ctx, L4 + TCP_CSUM_OFF).ok_or(Nat4Verdict::PassMalformed)?;
-            // SAFETY: ptr_at checked the field is inside the packet.
-            unsafe { *check = l4_delta.apply(*check) };
-        }
-        // SAFETY: the UDP checksum is word3 of the checked head; 0 means "none".
-        net::IPPROTO_UDP => unsafe {
-            if (*head).word3 != 0 {
-                (*head).word3 = udp_check(l4_delta.apply((*head).word3));
+        net::IPPROTO_TCP | net::IPPROTO_UDP => {
+            let (off, udp) = match pkt.proto {
+                net::IPPROTO_TCP => (l4 + TCP_CSUM_OFF, false),
+                _ => (l4 + 6, true),
+            };
+            if !ctx.l4_checksum(off, pseudo, old_port, port, udp) {
+                return Err(Nat4Verdict::PassMalformed);
             }
-        },
+        }
         // SAFETY: the ICMP checksum is word1 and covers no pseudo-header.
         _ => unsafe {
             (*head).word1 = CsumDelta::new().word(old_port, port).apply((*head).word1);
         },
     }
+    // The checksum helper may have moved the packet data (TC): the head again.
+    let head: *mut L4Head = ptr_at(ctx, l4).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: as above.
     unsafe {
         match (pkt.proto, out) {

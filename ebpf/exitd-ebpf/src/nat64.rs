@@ -27,7 +27,7 @@ use exitd_common::{
         eq16, is_non_global4, Ct6Key, FwPort, Nat64Config, Nat64Verdict, XlatSource,
         DEFAULT_CT6_ENTRIES, FW_STATS_COUNT, MAX_FW_ALLOW, MAX_FW_LINKS, MAX_FW_PORTS, MAX_XLAT6,
         NAT64_ENABLED, NAT64_VERDICT_COUNT, NAT64_WELL_KNOWN, TC_TAIL_ICMP_ETH, TC_TAIL_ICMP_L3,
-        XDP_TAIL_NAT64_IN,
+        TC_TAIL_NAT44_ETH, TC_TAIL_NAT44_L3, XDP_TAIL_NAT64_IN,
     },
     Counters, Prefix64, ROUTE_NEIGH_KNOWN,
 };
@@ -145,7 +145,7 @@ pub fn xdp_nat64_in(ctx: XdpContext) -> u32 {
 #[btf_map]
 static XDP_TAILS: ProgramArray<1> = ProgramArray::new();
 #[btf_map]
-static TC_TAILS: ProgramArray<2> = ProgramArray::new();
+static TC_TAILS: ProgramArray<4> = ProgramArray::new();
 
 /// What `xdp_fwd6` hands to `xdp_nat64_in`: the CT4 key of the connection and what the
 /// packet is.
@@ -194,8 +194,9 @@ fn nat64_in(ctx: &XdpContext) -> Result<u32, Nat64Verdict> {
             (*state).quotes_tcp_check != 0,
         )
     };
-    let pkt = nat4::parse(ctx).map_err(|_| Nat64Verdict::DropMalformed)?;
-    let head = nat4::l4_head(ctx).map_err(|_| Nat64Verdict::DropMalformed)?;
+    let pkt = nat4::parse::<_, ETH>(ctx, ctx.data_end() - ctx.data())
+        .map_err(|_| Nat64Verdict::DropMalformed)?;
+    let head = nat4::l4_head::<_, ETH>(ctx).map_err(|_| Nat64Verdict::DropMalformed)?;
     // SAFETY: read in place during this run.
     let entry = unsafe { CT4.get(key) }.ok_or(Nat64Verdict::DropNoState)?;
     if entry.flags & CT_NAT64 == 0 {
@@ -211,14 +212,51 @@ fn nat64_in(ctx: &XdpContext) -> Result<u32, Nat64Verdict> {
 /// Hands a node's ICMPv6 error to `tc_nat64_icmp_*`; returns only if that failed.
 #[inline(always)]
 fn tail_call_icmp<const L3: usize>(ctx: &TcContext) -> Nat64Verdict {
-    let slot = if L3 == 0 {
-        TC_TAIL_ICMP_L3
-    } else {
-        TC_TAIL_ICMP_ETH
-    };
+    tail_call(
+        ctx,
+        if L3 == 0 {
+            TC_TAIL_ICMP_L3
+        } else {
+            TC_TAIL_ICMP_ETH
+        },
+    )
+}
+
+/// Continues in the TC_TAILS program `slot`; returns only if that failed.
+#[inline(always)]
+fn tail_call(ctx: &TcContext, slot: u32) -> Nat64Verdict {
     // SAFETY: the program array holds only classifiers of this object.
     unsafe { TC_TAILS.tail_call(ctx, slot) };
     Nat64Verdict::DropResize
+}
+
+/// IPv4 from nodes (tail-called from `tc_nat64_*`).
+#[classifier]
+pub fn tc_nat44_l3(ctx: TcContext) -> i32 {
+    tc_nat44::<0>(&ctx)
+}
+
+#[classifier]
+pub fn tc_nat44_eth(ctx: TcContext) -> i32 {
+    tc_nat44::<ETH>(&ctx)
+}
+
+#[inline(always)]
+fn tc_nat44<const L3: usize>(ctx: &TcContext) -> i32 {
+    let ingress = ingress_ifindex(ctx);
+    let Some(n4) = NAT4_CONFIG.get(0) else {
+        return to_kernel::<L3>(ctx, ingress);
+    };
+    let len = ctx.len() as u64;
+    let (verdict, action) = match nat44_out::<L3>(ctx, n4, ingress) {
+        Ok(done) => done,
+        Err(verdict) => (verdict, tc_action_for(verdict)),
+    };
+    if action == TC_ACT_OK && verdict == Nat64Verdict::PassNotNat64 {
+        return to_kernel::<L3>(ctx, ingress);
+    }
+    count(&NAT64_STATS, verdict as u32, len);
+    action
 }
 
 #[inline(always)]
@@ -257,17 +295,25 @@ const ICMPV6_ECHO_REQUEST: u8 = net::ICMPV6_ECHO_REQUEST;
 /// everything the kernel gets passes the gateway firewall first.
 #[inline(always)]
 fn tc_nat64<const L3: usize>(ctx: &TcContext) -> i32 {
-    let (Some(n64), Some(n4)) = (NAT64_CONFIG.get(0), NAT4_CONFIG.get(0)) else {
-        return TC_ACT_OK;
-    };
     let ingress = ingress_ifindex(ctx);
-    if n64.flags & NAT64_ENABLED == 0 || n4.flags & NAT4_ENABLED == 0 {
+    let (Some(n64), Some(n4)) = (NAT64_CONFIG.get(0), NAT4_CONFIG.get(0)) else {
+        return to_kernel::<L3>(ctx, ingress);
+    };
+    if n4.flags & NAT4_ENABLED == 0 {
         return to_kernel::<L3>(ctx, ingress);
     }
     make_headers_direct(ctx, L3 + HEADERS);
     let len = ctx.len() as u64;
     let result = match ip_version::<L3>(ctx) {
-        Some(6) => out6::<L3>(ctx, n64, n4, ingress),
+        Some(6) if n64.flags & NAT64_ENABLED != 0 => out6::<L3>(ctx, n64, n4, ingress),
+        Some(4) => Err(tail_call(
+            ctx,
+            if L3 == 0 {
+                TC_TAIL_NAT44_L3
+            } else {
+                TC_TAIL_NAT44_ETH
+            },
+        )),
         _ => return to_kernel::<L3>(ctx, ingress),
     };
     let (verdict, action) = match result {
@@ -281,6 +327,31 @@ fn tc_nat64<const L3: usize>(ctx: &TcContext) -> i32 {
     }
     count(&NAT64_STATS, verdict as u32, len);
     action
+}
+
+/// IPv4 from a node's own IPv4 range (Parker nodes not in 464XLAT mode): NAT44 by the
+/// same engine the tenants' IPv4 uses (ROUTES4 lists the ranges with this link and
+/// ROUTE4_VIA_KERNEL), then straight out of the uplink. Everything else is the kernel's.
+#[inline(always)]
+fn nat44_out<const L3: usize>(
+    ctx: &TcContext,
+    n4: &Nat4Config,
+    ingress: u32,
+) -> Result<(Nat64Verdict, i32), Nat64Verdict> {
+    let pkt =
+        nat4::parse::<_, L3>(ctx, ctx.len() as usize).map_err(|_| Nat64Verdict::PassNotNat64)?;
+    if pkt.dst == n4.public {
+        return Err(Nat64Verdict::PassNotNat64);
+    }
+    match nat4::translate_out::<_, L3>(ctx, n4, &pkt, ingress) {
+        Ok(verdict) => {
+            count(&NAT4_STATS, verdict as u32, ctx.len() as u64);
+            forward::<L3>(ctx, &n4.upstream, Nat64Verdict::Nat44Out)
+        }
+        Err(Nat4Verdict::DropExhausted) => Err(Nat64Verdict::DropExhausted),
+        Err(Nat4Verdict::DropIsolation) => Err(Nat64Verdict::DropProtocol),
+        Err(_) => Err(Nat64Verdict::PassNotNat64),
+    }
 }
 
 /// An untranslated packet for the kernel, after the firewall.
@@ -649,7 +720,7 @@ fn translate_out<const L3: usize>(
     ip: &Ip6,
     key: &Ct6Key,
     remote: [u8; 4],
-    (w0, _w1, w2, w3): (u16, u16, u16, u16),
+    (w0, _w1, w2, _w3): (u16, u16, u16, u16),
     port: u16,
 ) -> Result<(), Nat64Verdict> {
     let proto = proto4(ip.next_header);
@@ -657,26 +728,21 @@ fn translate_out<const L3: usize>(
         .addr16_to_4(key.src, n4.public)
         .addr16_to_4(key.dst, remote);
     let l4_old = L3 + Ipv6Hdr::LEN;
-    // The L4 checksum, computed before the header moves.
-    let (check_off, new_check, new_w0) = match proto {
-        net::IPPROTO_TCP => {
-            let check: *const u16 =
-                ptr_at(ctx, l4_old + TCP_CSUM_OFF).ok_or(Nat64Verdict::DropMalformed)?;
-            // SAFETY: ptr_at checked the field is inside the packet.
-            let old = unsafe { *check };
-            (TCP_CSUM_OFF, pseudo.word(w0, port).apply(old), port)
-        }
-        net::IPPROTO_UDP => (6, nat4::udp_check(pseudo.word(w0, port).apply(w3)), port),
-        _ => {
-            let echo = u16::from_ne_bytes([net::ICMP_ECHO_REQUEST, w0.to_ne_bytes()[1]]);
-            let mut delta = CsumDelta::new().word(w0, echo).word(w2, port);
-            delta = minus_delta(delta, pseudo6_icmp(key.src, key.dst, ip.payload_len));
-            // SAFETY: the ICMP checksum is word1 of the head; read before the move.
-            let old = unsafe {
-                (*ptr_at::<L4Head, _>(ctx, l4_old).ok_or(Nat64Verdict::DropMalformed)?).word1
-            };
-            (2, delta.apply(old), echo)
-        }
+    // ICMP's checksum (no pseudo-header in ICMPv4, never offloaded) is computed here,
+    // before the header moves; TCP's and UDP's go through the kernel's helper after it.
+    let icmp_check = if proto == ICMP4 {
+        let echo = u16::from_ne_bytes([net::ICMP_ECHO_REQUEST, w0.to_ne_bytes()[1]]);
+        let delta = minus_delta(
+            CsumDelta::new().word(w0, echo).word(w2, port),
+            pseudo6_icmp(key.src, key.dst, ip.payload_len),
+        );
+        // SAFETY: ptr_at checked the head; read before the move.
+        let old = unsafe {
+            (*ptr_at::<L4Head, _>(ctx, l4_old).ok_or(Nat64Verdict::DropMalformed)?).word1
+        };
+        Some((echo, delta.apply(old)))
+    } else {
+        None
     };
     ctx.change_proto(net::ETH_P_IP.to_be(), 0)
         .map_err(|_| Nat64Verdict::DropResize)?;
@@ -691,16 +757,26 @@ fn translate_out<const L3: usize>(
     let l4 = L3 + Ipv4Hdr::LEN;
     let ip4: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(Nat64Verdict::DropResize)?;
     let head: *mut L4Head = ptr_at(ctx, l4).ok_or(Nat64Verdict::DropResize)?;
-    let check: *mut u16 = ptr_at(ctx, l4 + check_off).ok_or(Nat64Verdict::DropResize)?;
-    // SAFETY: ptr_at checked every pointer after the resize.
+    // SAFETY: ptr_at checked both pointers after the resize.
     unsafe {
         *ip4 = hdr;
-        *check = new_check;
-        if proto == ICMP4 {
-            (*head).word0 = new_w0;
-            (*head).word2 = port;
+        match icmp_check {
+            Some((echo, check)) => {
+                (*head).word0 = echo;
+                (*head).word1 = check;
+                (*head).word2 = port;
+            }
+            None => (*head).word0 = port,
+        }
+    }
+    if icmp_check.is_none() {
+        let (off, udp) = if proto == net::IPPROTO_TCP {
+            (TCP_CSUM_OFF, false)
         } else {
-            (*head).word0 = port;
+            (6, true)
+        };
+        if !ctx.l4_checksum(l4 + off, pseudo, w0, port, udp) {
+            return Err(Nat64Verdict::DropResize);
         }
     }
     Ok(())
@@ -1012,16 +1088,19 @@ pub(crate) fn xdp_reply(
     entry: &CtEntry,
 ) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = match try_reply(ctx, pkt, head, entry) {
-        Ok(()) => Nat64Verdict::In,
-        Err(verdict) => verdict,
+    to_kernel_or_drop(try_reply(ctx, pkt, head, entry), Nat64Verdict::In, len)
+}
+
+/// Counts the outcome of a translation to IPv6: translated packets go to the kernel
+/// (counted as `done`), the rest is dropped.
+#[inline(always)]
+fn to_kernel_or_drop(result: Result<(), Nat64Verdict>, done: Nat64Verdict, len: u64) -> u32 {
+    let (verdict, action) = match result {
+        Ok(()) => (done, xdp_action::XDP_PASS),
+        Err(verdict) => (verdict, xdp_action::XDP_DROP),
     };
     count(&NAT64_STATS, verdict as u32, len);
-    if verdict == Nat64Verdict::In {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    action
 }
 
 #[inline(always)]
@@ -1141,16 +1220,8 @@ pub(crate) fn xdp_icmp_error(
     quotes_tcp_check: bool,
 ) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let verdict = match try_icmp_error(ctx, pkt, head, entry, quotes_tcp_check) {
-        Ok(()) => Nat64Verdict::IcmpErrorIn,
-        Err(verdict) => verdict,
-    };
-    count(&NAT64_STATS, verdict as u32, len);
-    if verdict == Nat64Verdict::IcmpErrorIn {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    let result = try_icmp_error(ctx, pkt, head, entry, quotes_tcp_check);
+    to_kernel_or_drop(result, Nat64Verdict::IcmpErrorIn, len)
 }
 
 #[inline(always)]

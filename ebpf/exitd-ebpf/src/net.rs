@@ -1,6 +1,9 @@
 //! Packet headers and bounds-checked access to them.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -40,6 +43,10 @@ impl Ipv6Hdr {
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+
+    /// Updates the TCP (`udp` false) or UDP checksum at `off` for a pseudo-header change
+    /// `pseudo` and the port change `old` → `new`. A UDP checksum of 0 ("none") stays 0.
+    fn l4_checksum(&self, off: usize, pseudo: CsumDelta, old: u16, new: u16, udp: bool) -> bool;
 }
 
 impl Packet for XdpContext {
@@ -51,6 +58,23 @@ impl Packet for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+
+    /// XDP frames come off the wire: their checksums are complete, updated in place.
+    #[inline(always)]
+    fn l4_checksum(&self, off: usize, pseudo: CsumDelta, old: u16, new: u16, udp: bool) -> bool {
+        let Some(check) = ptr_at::<u16, _>(self, off) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked the field is inside the packet.
+        unsafe {
+            if udp && *check == 0 {
+                return true;
+            }
+            let sum = pseudo.word(old, new).apply(*check);
+            *check = if udp && sum == 0 { 0xffff } else { sum };
+        }
+        true
+    }
 }
 
 impl Packet for TcContext {
@@ -61,6 +85,20 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+
+    /// An skb may carry a partial checksum (CHECKSUM_PARTIAL: GRO'd or locally generated
+    /// segments hold only the pseudo-header sum, the NIC or GSO completes it): the kernel's
+    /// helper updates the field right for every checksum state.
+    #[inline(always)]
+    fn l4_checksum(&self, off: usize, pseudo: CsumDelta, old: u16, new: u16, udp: bool) -> bool {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        let pseudo_flags = BPF_F_PSEUDO_HDR as u64 | mangled;
+        self.l4_csum_replace(off, 0, pseudo.raw() as u64, pseudo_flags)
+            .is_ok()
+            && self
+                .l4_csum_replace(off, old as u64, new as u64, 2 | mangled)
+                .is_ok()
     }
 }
 
@@ -204,6 +242,12 @@ impl CsumDelta {
     #[inline(always)]
     pub const fn addr16_to_4(self, old: [u8; 16], new: [u8; 4]) -> CsumDelta {
         self.addr16(old, [0; 16]).addr([0; 4], new)
+    }
+
+    /// The recorded change as a 32-bit one's-complement sum (a `__wsum` "diff").
+    #[inline(always)]
+    pub const fn raw(self) -> u32 {
+        self.0
     }
 
     /// The checksum field after the recorded changes.

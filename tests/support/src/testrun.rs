@@ -24,11 +24,20 @@ pub mod verdict {
 /// Runs a loaded XDP program once on `packet`. Map state is whatever the program's maps hold
 /// afterwards: read it through the `aya::Ebpf` the program came from.
 pub fn run_xdp(program: &Xdp, packet: &[u8]) -> Result<XdpRun> {
+    run_once(program, packet, None)
+}
+
+/// One test run of `program` on `packet` with an optional context (`ctx_in`).
+fn run_once<P>(program: &P, packet: &[u8], ctx: Option<&[u8]>) -> Result<XdpRun>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
     // Room for programs that grow the packet (bpf_xdp_adjust_head/tail).
     let mut out = vec![0u8; packet.len() + 512];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(packet);
     opts.data_out = Some(&mut out);
+    opts.ctx_in = ctx;
     let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
     out.truncate(result.data_size_out as usize);
     Ok(XdpRun {
@@ -40,18 +49,11 @@ pub fn run_xdp(program: &Xdp, packet: &[u8]) -> Result<XdpRun> {
 /// Like [`run_xdp`], with the packet arriving on `ingress_ifindex` (an interface of the
 /// calling thread's namespace), as programs that check where a packet came from need.
 pub fn run_xdp_on(program: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<XdpRun> {
-    let mut out = vec![0u8; packet.len() + 512];
-    let ctx = xdp_md(packet.len(), ingress_ifindex);
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(packet);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
-    out.truncate(result.data_size_out as usize);
-    Ok(XdpRun {
-        verdict: result.return_value,
-        packet: out,
-    })
+    run_once(
+        program,
+        packet,
+        Some(&xdp_md(packet.len(), ingress_ifindex)),
+    )
 }
 
 /// A `struct xdp_md` for a test run: data, data_end, data_meta, ingress_ifindex,
@@ -74,14 +76,5 @@ pub mod tc_action {
 /// hands TC programs a frame with an Ethernet header). The result's `verdict` is the TC
 /// action (see [`tc_action`]).
 pub fn run_tc(program: &SchedClassifier, packet: &[u8]) -> Result<XdpRun> {
-    let mut out = vec![0u8; packet.len() + 512];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(packet);
-    opts.data_out = Some(&mut out);
-    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
-    out.truncate(result.data_size_out as usize);
-    Ok(XdpRun {
-        verdict: result.return_value,
-        packet: out,
-    })
+    run_once(program, packet, None)
 }
