@@ -254,15 +254,45 @@ impl Lab {
         self.exitd.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
-    /// Packets the gateway's NAT64 counted under `verdict`, from its metrics endpoint.
-    fn nat64_count(&self, verdict: &str) -> u64 {
+    /// The gateway's metrics, from its admin endpoint.
+    fn metrics(&self) -> String {
         let (status, body) = http_get(&self.gateway, ADMIN, "/metrics", &[]);
         assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// Packets the gateway's NAT64 counted under `verdict`.
+    fn nat64_count(&self, verdict: &str) -> u64 {
         let label = format!("verdict=\"{verdict}\"");
-        body.lines()
+        self.metrics()
+            .lines()
             .filter(|l| l.starts_with("exitd_nat64_packets_total{") && l.contains(&label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
+    }
+
+    /// What to show when traffic does not pass: exitd's log and the translators' and the
+    /// firewall's non-zero packet counters.
+    fn diagnosis(&self) -> String {
+        let metrics = self.metrics();
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                [
+                    "exitd_nat64_packets_total{",
+                    "exitd_nat_packets_total{",
+                    "exitd_firewall_",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+                    && !l.ends_with(" 0")
+            })
+            .collect();
+        format!(
+            "{}\n--- non-zero translator counters ---\n{}",
+            self.exitd_log(),
+            counters.join("\n")
+        )
     }
 }
 
@@ -499,7 +529,7 @@ fn ping_works(lab: &Lab, source: &str, target: &str) {
     assert!(
         answered.is_some(),
         "ping6 {target} from {source} got no answer:\n{}",
-        lab.exitd_log()
+        lab.diagnosis()
     );
     assert!(
         ping(&lab.ap, source, target, 5),
@@ -567,7 +597,8 @@ fn traceroute_shows_translated_errors(lab: &Lab, clat: &str) {
     let router64 = nat64(UPSTREAM4);
     assert!(
         text.contains(&format!(" {router64} ")),
-        "the internet router's hop ({router64}) is shown:\n{text}"
+        "the internet router's hop ({router64}) is shown:\n{text}\n{}",
+        lab.diagnosis()
     );
     assert!(
         text.contains(&format!(" {far64} ")),
