@@ -17,6 +17,12 @@
 //! ```
 //! The AP's tunnel runs from 192.168.1.2 through the CPE's masquerade to 203.0.113.10:51820;
 //! the internet routes the nodes' prefixes (2001:db8:ed0::/48) to the gateway.
+//!
+//! The gateway is a `[network]` without tenants: the test creates its namespace (named as
+//! exitd's plan names it) with the uplink `pub-1-{a}` already inside and runs `exitd run`
+//! there with nsenter, so the broker listens on the public address, etcd runs on that
+//! namespace's loopback and the concentrator's interface (`concentrator.namespace`) is where
+//! `[dataplane.nat64]` attaches by default.
 
 #[path = "parker_common.rs"]
 mod parker;
