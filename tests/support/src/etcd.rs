@@ -1,5 +1,6 @@
 //! A real single-member etcd (`/usr/bin/etcd`, Debian's `etcd-server`) on 127.0.0.1 with free
-//! ports and a temporary data directory; killed and removed on drop. Needs no root.
+//! ports and a temporary data directory; killed and removed on drop. Needs no root, except
+//! [`Etcd::start_in`], which runs it inside a network namespace (on that namespace's loopback).
 
 use anyhow::{Context, Result, bail};
 use std::{
@@ -16,17 +17,30 @@ pub struct Etcd {
     data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// The network namespace etcd runs in (None: the caller's).
+    netns: Option<PathBuf>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it reports itself healthy.
     pub fn start() -> Result<Etcd> {
+        Etcd::start_with(None)
+    }
+
+    /// Starts etcd inside `ns` (for a daemon under test that runs there and reaches etcd on
+    /// its loopback), and waits until it reports itself healthy.
+    pub fn start_in(ns: &crate::NetNs) -> Result<Etcd> {
+        Etcd::start_with(Some(ns.path()))
+    }
+
+    fn start_with(netns: Option<PathBuf>) -> Result<Etcd> {
         let data_dir = std::env::temp_dir().join(crate::unique_name("exitd-etcd-"));
         let mut etcd = Etcd {
             child: None,
             data_dir,
             client_port: free_port()?,
             peer_port: free_port()?,
+            netns,
         };
         etcd.spawn()?;
         Ok(etcd)
@@ -54,7 +68,17 @@ impl Etcd {
     fn spawn(&mut self) -> Result<()> {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("/usr/bin/etcd")
+        // nsenter enters the namespace and execs etcd: the child is etcd itself.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .args(["--", "/usr/bin/etcd"]);
+                c
+            }
+            None => Command::new("/usr/bin/etcd"),
+        };
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir.display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -74,8 +98,15 @@ impl Etcd {
         Ok(())
     }
 
-    /// Whether `GET /health` answers `"health":"true"`.
+    /// Whether `GET /health` answers `"health":"true"` (asked inside etcd's namespace).
     fn healthy(&self) -> bool {
+        match &self.netns {
+            Some(ns) => crate::netns::run_in(ns, || self.healthy_here()).unwrap_or(false),
+            None => self.healthy_here(),
+        }
+    }
+
+    fn healthy_here(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
             return false;
         };

@@ -26,6 +26,20 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Creates a namespace with exactly `name` (for names a program under test derives
+    /// itself, e.g. exitd's gateway namespace); fails if it exists already.
+    pub fn named(name: &str) -> Result<NetNs> {
+        if PathBuf::from("/run/netns").join(name).exists() {
+            bail!("network namespace {name} exists already");
+        }
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = NetNs {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -59,21 +73,7 @@ impl NetNs {
     /// Runs `f` on a new thread that has entered this namespace, so sockets it opens and
     /// ifindexes it resolves belong there; returns what `f` returns. `f` may borrow.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let ns_file = File::open(self.path())
-            .with_context(|| format!("cannot open {}", self.path().display()))?;
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(move || {
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(f())
-            });
-            match handle.join() {
-                Ok(result) => result.context("setns into the test namespace"),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        run_in(&self.path(), f)
     }
 
     /// Adds the routes `exitd plan upstream` printed (one per line, `#` comments) as an
@@ -129,6 +129,25 @@ pub fn veth_pair(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<()>
     a.ip(&["link", "set", a_name, "up"])?;
     b.ip(&["link", "set", b_name, "up"])?;
     Ok(())
+}
+
+/// Runs `f` on a new thread that has entered the network namespace at `path`
+/// (`/run/netns/NAME`); returns what `f` returns. `f` may borrow.
+pub fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns_file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        match handle.join() {
+            Ok(result) => result.context("setns into the test namespace"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Runs a command, returning its output, or an error with its stderr if it failed.
