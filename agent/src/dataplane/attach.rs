@@ -222,6 +222,7 @@ fn load_program(pins: &PinDir, name: &str, ct_entries: Option<u32>) -> Result<ay
         .try_into()?;
     xdp.load()
         .with_context(|| format!("the kernel refused to load {name}"))?;
+    super::tails::fill(&mut ebpf)?;
     Ok(ebpf)
 }
 
@@ -293,6 +294,7 @@ fn pinned_maps() -> impl Iterator<Item = &'static str> {
     std::iter::once(IFACE_COUNTERS_MAP)
         .chain(FWD6_MAPS)
         .chain(NAT4_MAPS)
+        .chain(super::tails::TAIL_MAPS)
 }
 
 #[cfg(test)]

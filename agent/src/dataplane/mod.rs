@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nat4;
 pub mod nat_cli;
 mod pins;
+pub mod tails;
 
 pub use attach::{
     AttachOutcome, Attachment, XdpModeArg, XdpProgram, attach_xdp, attach_xdp_all,

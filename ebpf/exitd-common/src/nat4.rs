@@ -37,6 +37,11 @@ pub struct Route4 {
     pub flags: u32,
 }
 
+/// `Route4::flags`: the network is behind a link XDP cannot redirect to (a WireGuard
+/// interface, where Parker nodes' IPv4 ranges live): replies are translated and handed to
+/// the kernel, which routes them. `ROUTE_NEIGH_KNOWN` does not apply.
+pub const ROUTE4_VIA_KERNEL: u32 = 2;
+
 /// `Nat4Config::flags`: translation is on (a public IPv4 is configured).
 pub const NAT4_ENABLED: u32 = 1;
 
@@ -212,9 +217,12 @@ pub enum Nat4Verdict {
     PassLocal = 17,
     /// Arrived on a link the tenant's network is not behind.
     PassSpoofed = 18,
+    /// A reply (or ICMP error) of a NAT64 connection: translated to IPv6 and counted in
+    /// NAT64_STATS.
+    Nat64 = 19,
 }
 
-pub const NAT4_VERDICT_COUNT: u32 = 19;
+pub const NAT4_VERDICT_COUNT: u32 = 20;
 
 impl Nat4Verdict {
     pub const ALL: [Nat4Verdict; NAT4_VERDICT_COUNT as usize] = [
@@ -237,6 +245,7 @@ impl Nat4Verdict {
         Nat4Verdict::PassNoNeighbour,
         Nat4Verdict::PassLocal,
         Nat4Verdict::PassSpoofed,
+        Nat4Verdict::Nat64,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -260,6 +269,7 @@ impl Nat4Verdict {
             Nat4Verdict::PassNoNeighbour => "pass_no_neighbour",
             Nat4Verdict::PassLocal => "pass_local",
             Nat4Verdict::PassSpoofed => "pass_spoofed",
+            Nat4Verdict::Nat64 => "nat64",
         }
     }
 }

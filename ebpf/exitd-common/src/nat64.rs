@@ -22,6 +22,24 @@ pub const FW_ALLOW4_MAP: &str = "FW_ALLOW4";
 pub const FW_ALLOW6_MAP: &str = "FW_ALLOW6";
 pub const FW_STATS_MAP: &str = "FW_STATS";
 
+/// Tail-call program arrays: the ICMP error translations run as programs of their own
+/// (each program has 512 bytes of stack; inlined they would not fit beside the rest).
+pub const XDP_TAILS_MAP: &str = "XDP_TAILS";
+pub const TC_TAILS_MAP: &str = "TC_TAILS";
+/// XDP_TAILS slot of `xdp_nat64_in` (replies and ICMPv4 errors of NAT64 connections).
+pub const XDP_TAIL_NAT64_IN: u32 = 0;
+/// TC_TAILS slots of the ICMPv6 error translators.
+pub const TC_TAIL_ICMP_L3: u32 = 0;
+pub const TC_TAIL_ICMP_ETH: u32 = 1;
+/// TC_TAILS slots of the NAT44 for nodes' IPv4 ranges.
+pub const TC_TAIL_NAT44_L3: u32 = 2;
+pub const TC_TAIL_NAT44_ETH: u32 = 3;
+pub const TC_NAT44_L3: &str = "tc_nat44_l3";
+pub const TC_NAT44_ETH: &str = "tc_nat44_eth";
+pub const XDP_NAT64_IN: &str = "xdp_nat64_in";
+pub const TC_NAT64_ICMP_L3: &str = "tc_nat64_icmp_l3";
+pub const TC_NAT64_ICMP_ETH: &str = "tc_nat64_icmp_eth";
+
 /// Program names: TC classifiers for node-facing links without (`_l3`, WireGuard) and with
 /// (`_eth`) an Ethernet header.
 pub const TC_NAT64_L3: &str = "tc_nat64_l3";
@@ -105,12 +123,30 @@ impl Nat64Config {
             addr[(self.v4_at[2] & 15) as usize],
             addr[(self.v4_at[3] & 15) as usize],
         ];
-        if self.embed(v4) == *addr {
+        if eq16(&self.embed(v4), addr) {
             Some(v4)
         } else {
             None
         }
     }
+}
+
+/// Compares two addresses as two 64-bit words (the eBPF target has no memcmp).
+#[inline(always)]
+pub fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let half = |x: &[u8; 16], at: usize| {
+        u64::from_ne_bytes([
+            x[at],
+            x[at + 1],
+            x[at + 2],
+            x[at + 3],
+            x[at + 4],
+            x[at + 5],
+            x[at + 6],
+            x[at + 7],
+        ])
+    };
+    half(a, 0) == half(b, 0) && half(a, 8) == half(b, 8)
 }
 
 /// 64:ff9b::/96 (RFC 6052 §2.1).

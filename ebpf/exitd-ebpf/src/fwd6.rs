@@ -29,7 +29,7 @@ static ROUTES6_LPM: LpmTrie<[u8; 16], Route6, { MAX_ROUTES6_LPM as usize }> = Lp
 
 /// The exit node's own addresses: their packets belong to the kernel.
 #[btf_map]
-static LOCAL6: HashMap<[u8; 16], u32, { MAX_LOCAL6 as usize }> = HashMap::new();
+pub(crate) static LOCAL6: HashMap<[u8; 16], u32, { MAX_LOCAL6 as usize }> = HashMap::new();
 
 /// Egress interfaces, keyed by ifindex, for bpf_redirect_map.
 #[btf_map]
@@ -48,7 +48,7 @@ pub fn xdp_fwd6(ctx: XdpContext) -> u32 {
     // IPv4 belongs to the translator when one is configured.
     if net::ether_type(&ctx) == Some(net::ETH_P_IP) {
         if let Some(action) = crate::nat4::xdp_nat4(&ctx) {
-            return action;
+            return firewall(&ctx, action);
         }
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -56,8 +56,23 @@ pub fn xdp_fwd6(ctx: XdpContext) -> u32 {
         Ok(forwarded) => forwarded,
         Err(reason) => (reason, xdp_action::XDP_PASS),
     };
+    if firewall(&ctx, action) == xdp_action::XDP_DROP && action == xdp_action::XDP_PASS {
+        return xdp_action::XDP_DROP;
+    }
     count(&VERDICT_STATS, verdict as u32, len);
     action
+}
+
+/// What the kernel would get passes the gateway firewall first (the only way to the
+/// gateway's own ports); forwarded frames never reach it.
+#[inline(always)]
+fn firewall(ctx: &XdpContext, action: u32) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if action == xdp_action::XDP_PASS && crate::firewall::blocks(ctx, EthHdr::LEN, ingress, false) {
+        xdp_action::XDP_DROP
+    } else {
+        action
+    }
 }
 
 /// Decides one frame. `Err(reason)` means "give it to the kernel", counted under `reason`.

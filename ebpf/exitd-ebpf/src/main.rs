@@ -5,6 +5,7 @@
 
 mod bench;
 mod counter;
+mod firewall;
 mod fwd6;
 mod nat4;
 mod nat64;

@@ -32,9 +32,10 @@ use aya_ebpf::{
 };
 use exitd_common::{
     nat4::{
-        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN, CT_OUT,
-        CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4, MAX_ROUTES4, NAT4_ENABLED,
-        NAT4_VERDICT_COUNT, TCP_CLOSING, TCP_ESTABLISHED,
+        CtEntry, CtKey, Nat4Config, Nat4Verdict, PortFwdKey, PortFwdTarget, Route4, CT_IN,
+        CT_NAT64, CT_OUT, CT_PORT_FORWARD, DEFAULT_CT4_ENTRIES, MAX_LOCAL4, MAX_PORT_FWD4,
+        MAX_ROUTES4, NAT4_ENABLED, NAT4_VERDICT_COUNT, ROUTE4_VIA_KERNEL, TCP_CLOSING,
+        TCP_ESTABLISHED,
     },
     Counters, ROUTE_NEIGH_KNOWN,
 };
@@ -45,15 +46,16 @@ static ROUTES4: HashMap<[u8; 4], Route4, { MAX_ROUTES4 as usize }> = HashMap::ne
 
 /// The gateway's own IPv4 addresses: tenants' packets to them belong to the kernel.
 #[btf_map]
-static LOCAL4: HashMap<[u8; 4], u32, { MAX_LOCAL4 as usize }> = HashMap::new();
+pub(crate) static LOCAL4: HashMap<[u8; 4], u32, { MAX_LOCAL4 as usize }> = HashMap::new();
 
 /// Public address, port range, upstream next hop and timeouts.
 #[btf_map]
-static NAT4_CONFIG: Array<Nat4Config, 1> = Array::new();
+pub(crate) static NAT4_CONFIG: Array<Nat4Config, 1> = Array::new();
 
 /// Connection tracking: two entries per connection, see the module comment.
 #[btf_map]
-static CT4: LruHashMap<CtKey, CtEntry, { DEFAULT_CT4_ENTRIES as usize }> = LruHashMap::new();
+pub(crate) static CT4: LruHashMap<CtKey, CtEntry, { DEFAULT_CT4_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// Public ports forwarded into tenant networks.
 #[btf_map]
@@ -61,14 +63,15 @@ static PORT_FWD4: HashMap<PortFwdKey, PortFwdTarget, { MAX_PORT_FWD4 as usize }>
 
 /// Packets and bytes per translator verdict, per CPU.
 #[btf_map]
-static NAT4_STATS: PerCpuArray<Counters, { NAT4_VERDICT_COUNT as usize }> = PerCpuArray::new();
+pub(crate) static NAT4_STATS: PerCpuArray<Counters, { NAT4_VERDICT_COUNT as usize }> =
+    PerCpuArray::new();
 
 /// How many ports a new connection tries before it is dropped as exhausted: the source port
 /// first, then consecutive ports from a random start (bounded so the verifier accepts it).
 const PORT_TRIES: u32 = 32;
 
 const L3: usize = EthHdr::LEN;
-const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+pub(crate) const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
 /// Handles an IPv4 frame, or returns None when no NAT is configured (the caller then counts
 /// it as it always did).
@@ -97,27 +100,31 @@ fn action_for(reason: Nat4Verdict) -> u32 {
 }
 
 /// A checked IPv4 packet: header pointer and the L4 protocol.
-struct Packet {
-    ip: *mut Ipv4Hdr,
-    proto: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
-    ttl: u8,
+pub(crate) struct Packet {
+    pub ip: *mut Ipv4Hdr,
+    pub proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ttl: u8,
 }
 
 #[inline(always)]
 fn try_nat4(ctx: &XdpContext, cfg: &Nat4Config) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let pkt = parse(ctx)?;
+    let pkt = parse::<_, L3>(ctx, ctx.data_end() - ctx.data())?;
     if pkt.dst == cfg.public {
         return inbound(ctx, cfg, &pkt);
     }
     outbound(ctx, cfg, &pkt)
 }
 
-/// Checks the IPv4 header: version, no options, length within the frame, not a fragment.
+/// Checks the IPv4 header at `OFF` of a packet of `total` bytes: version, no options,
+/// length within the packet, not a fragment.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(Nat4Verdict::PassMalformed)?;
+pub(crate) fn parse<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+    total: usize,
+) -> Result<Packet, Nat4Verdict> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, OFF).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let (version_ihl, tot_len, frag_off) = unsafe {
         (
@@ -132,7 +139,7 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
     if version_ihl & 0x0f > 5 {
         return Err(Nat4Verdict::PassOptions);
     }
-    if tot_len < Ipv4Hdr::LEN + 8 || L3 + tot_len > ctx.data_end() - ctx.data() {
+    if tot_len < Ipv4Hdr::LEN + 8 || OFF + tot_len > total {
         return Err(Nat4Verdict::PassMalformed);
     }
     // More-fragments flag or a fragment offset.
@@ -153,19 +160,22 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Nat4Verdict> {
 
 /// The first 8 bytes after the IPv4 header (present: parse checked tot_len ≥ 28).
 #[inline(always)]
-fn l4_head(ctx: &XdpContext) -> Result<*mut L4Head, Nat4Verdict> {
-    ptr_at(ctx, L4).ok_or(Nat4Verdict::PassMalformed)
+pub(crate) fn l4_head<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+) -> Result<*mut L4Head, Nat4Verdict> {
+    ptr_at(ctx, OFF + Ipv4Hdr::LEN).ok_or(Nat4Verdict::PassMalformed)
 }
 
 /// The TCP flags byte, or PassMalformed when the TCP header is incomplete.
 #[inline(always)]
-fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> Result<u8, Nat4Verdict> {
+fn tcp_flags<C: net::Packet, const OFF: usize>(ctx: &C, pkt: &Packet) -> Result<u8, Nat4Verdict> {
     // SAFETY: parse checked the header; tot_len must cover a whole TCP header.
     let tot_len = u16::from_be_bytes(unsafe { (*pkt.ip).tot_len }) as usize;
     if tot_len < Ipv4Hdr::LEN + TCP_HDR_LEN {
         return Err(Nat4Verdict::PassMalformed);
     }
-    let flags: *const u8 = ptr_at(ctx, L4 + TCP_FLAGS_OFF).ok_or(Nat4Verdict::PassMalformed)?;
+    let flags: *const u8 =
+        ptr_at(ctx, OFF + Ipv4Hdr::LEN + TCP_FLAGS_OFF).ok_or(Nat4Verdict::PassMalformed)?;
     // SAFETY: ptr_at checked the byte is inside the packet.
     Ok(unsafe { *flags })
 }
@@ -177,11 +187,25 @@ fn outbound(
     cfg: &Nat4Config,
     pkt: &Packet,
 ) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let head = l4_head(ctx)?;
+    let verdict = translate_out::<_, L3>(ctx, cfg, pkt, ctx.ingress_ifindex() as u32)?;
+    redirect(ctx, &cfg.upstream, verdict)
+}
+
+/// Translates a packet from a tenant (or, from the NAT64 program, a node) arriving on
+/// `ingress` with its IPv4 header at `OFF`: the source becomes the public address and a
+/// claimed port. The caller sends it upstream.
+#[inline(always)]
+pub(crate) fn translate_out<C: net::Packet, const OFF: usize>(
+    ctx: &C,
+    cfg: &Nat4Config,
+    pkt: &Packet,
+    ingress: u32,
+) -> Result<Nat4Verdict, Nat4Verdict> {
+    let head = l4_head::<C, OFF>(ctx)?;
     // SAFETY: l4_head checked the 8 bytes are inside the packet.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
     let (sport, dport, tcp) = match pkt.proto {
-        net::IPPROTO_TCP => (w0, w1, tcp_flags(ctx, pkt)?),
+        net::IPPROTO_TCP => (w0, w1, tcp_flags::<C, OFF>(ctx, pkt)?),
         net::IPPROTO_UDP => (w0, w1, 0),
         net::IPPROTO_ICMP if w0.to_ne_bytes()[0] == net::ICMP_ECHO_REQUEST => (w2, 0, 0),
         _ => return Err(not_ours_or(pkt, Nat4Verdict::PassProtocol)),
@@ -204,7 +228,6 @@ fn outbound(
         return Err(not_ours_or(pkt, Nat4Verdict::PassNoNeighbour));
     }
     let now = now();
-    let ingress = ctx.ingress_ifindex() as u32;
     let (entry, verdict) = match lookup_live(cfg, &key, now) {
         Some(entry) => {
             // SAFETY: a pointer into the map's value, valid during this program run.
@@ -213,15 +236,23 @@ fn outbound(
             }
             touch(entry, pkt.proto, tcp, now);
             // SAFETY: as above.
-            (unsafe { *entry }, Nat4Verdict::Out)
+            (
+                unsafe {
+                    Xlat {
+                        addr: (*entry).addr,
+                        port: (*entry).port,
+                    }
+                },
+                Nat4Verdict::Out,
+            )
         }
         None => (
             new_outbound(cfg, pkt, &key, tcp, ingress, now)?,
             Nat4Verdict::NewOut,
         ),
     };
-    rewrite(ctx, pkt, head, true, entry.addr, entry.port)?;
-    redirect(ctx, up, verdict)
+    rewrite::<C, OFF>(ctx, pkt, head, true, entry.addr, entry.port)?;
+    Ok(verdict)
 }
 
 /// Packets that are not from a tenant network are not ours at all; a tenant's packet we
@@ -253,7 +284,7 @@ fn new_outbound(
     tcp: u8,
     ingress: u32,
     now: u64,
-) -> Result<CtEntry, Nat4Verdict> {
+) -> Result<Xlat, Nat4Verdict> {
     let Some(from) = tenant_route(pkt.src) else {
         return Err(Nat4Verdict::PassNotNat);
     };
@@ -279,15 +310,70 @@ fn new_outbound(
 }
 
 /// Finds a free public port for `key` (the source port if it is in range and free) and
-/// creates both entries. The incoming entry is inserted with BPF_NOEXIST, so two CPUs can
-/// never hand out one port for the same remote endpoint.
+/// creates both entries.
 #[inline(always)]
 fn allocate_port(
     cfg: &Nat4Config,
     key: &CtKey,
     ingress: u32,
     now: u64,
-) -> Result<CtEntry, Nat4Verdict> {
+) -> Result<Xlat, Nat4Verdict> {
+    let back = scratch_entry(key.src, key.sport, 0, now, 0)?;
+    let port = claimed(claim_port(cfg, key, back, now)).ok_or(Nat4Verdict::DropExhausted)?;
+    let entry = scratch_entry(cfg.public, port, 0, now, ingress)?;
+    // Cannot fail for lack of room: an LRU map evicts instead.
+    let _ = CT4.insert(key, entry, BPF_ANY as u64);
+    Ok(Xlat {
+        addr: cfg.public,
+        port,
+    })
+}
+
+/// What a packet is translated to: its new source (outgoing) or destination (incoming).
+#[derive(Clone, Copy)]
+pub(crate) struct Xlat {
+    pub addr: [u8; 4],
+    pub port: u16,
+}
+
+/// This CPU's slot for building an entry to insert: entries built on the stack cost frame
+/// space the programs do not have (512 bytes for the whole call chain).
+#[btf_map]
+static ENTRY_SCRATCH: PerCpuArray<CtEntry, 1> = PerCpuArray::new();
+
+/// Fills the scratch entry (NAT44: no IPv6 address).
+#[inline(always)]
+fn scratch_entry(
+    addr: [u8; 4],
+    port: u16,
+    flags: u8,
+    now: u64,
+    ifindex: u32,
+) -> Result<&'static CtEntry, Nat4Verdict> {
+    let e = ENTRY_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Nat4Verdict::PassMalformed)?;
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let e = unsafe { &mut *e };
+    e.addr = addr;
+    e.port = port;
+    e.state = 0;
+    e.flags = flags;
+    e.last_seen = now;
+    e.ifindex = ifindex;
+    e.pad = 0;
+    e.addr6 = [0; 16];
+    Ok(e)
+}
+
+/// Claims a public port for the outgoing connection `key` by inserting its incoming entry
+/// `back` under the reply key (NAT44 and NAT64 share this, so they never collide). The
+/// insert uses BPF_NOEXIST, so two CPUs can never hand out one port for the same remote
+/// endpoint. Returns `CLAIMED | port` (network order), or 0 when every try was taken: one
+/// register, so this can be a BPF function of its own (inlined, the callers' stack frames
+/// would exceed 512 bytes).
+#[inline(never)]
+pub(crate) fn claim_port(cfg: &Nat4Config, key: &CtKey, back: &CtEntry, now: u64) -> u32 {
     let min = cfg.port_min as u32;
     let size = (cfg.port_max as u32).saturating_sub(min) + 1;
     let wanted = u16::from_be(key.sport) as u32;
@@ -296,16 +382,6 @@ fn allocate_port(
     } else {
         // SAFETY: helper without preconditions.
         (unsafe { bpf_get_prandom_u32() }) % size
-    };
-    let back = CtEntry {
-        addr: key.src,
-        port: key.sport,
-        state: 0,
-        flags: 0,
-        last_seen: now,
-        ifindex: 0,
-        pad: 0,
-        addr6: [0; 16],
     };
     for i in 0..PORT_TRIES {
         let port = ((min + (start + i) % size) as u16).to_be();
@@ -319,23 +395,23 @@ fn allocate_port(
             continue;
         }
         let in_key = key.reply(cfg.public, port);
-        if claim(cfg, &in_key, &back, now) {
-            let entry = CtEntry {
-                addr: cfg.public,
-                port,
-                state: 0,
-                flags: 0,
-                last_seen: now,
-                ifindex: ingress,
-                pad: 0,
-                addr6: [0; 16],
-            };
-            // Cannot fail for lack of room: an LRU map evicts instead.
-            let _ = CT4.insert(key, entry, BPF_ANY as u64);
-            return Ok(entry);
+        if claim(cfg, &in_key, back, now) {
+            return CLAIMED | port as u32;
         }
     }
-    Err(Nat4Verdict::DropExhausted)
+    0
+}
+
+const CLAIMED: u32 = 1 << 16;
+
+/// The port of a `claim_port` result.
+#[inline(always)]
+pub(crate) fn claimed(result: u32) -> Option<u16> {
+    if result & CLAIMED != 0 {
+        Some(result as u16)
+    } else {
+        None
+    }
 }
 
 /// Inserts `entry` under `key` unless a live entry holds it; a stale one is reclaimed.
@@ -370,17 +446,26 @@ fn partner_key(key: &CtKey, entry: &CtEntry) -> CtKey {
 #[inline(always)]
 fn lookup_live(cfg: &Nat4Config, key: &CtKey, now: u64) -> Option<*mut CtEntry> {
     let entry = CT4.get_ptr_mut(key)?;
-    // SAFETY: pointer into the map value, valid during this run; copied out.
-    let e = unsafe { *entry };
-    if fresh(cfg, key.proto, &e, now) {
+    // SAFETY: pointer into the map value, valid during this run; read in place (copies
+    // would cost stack the programs do not have).
+    let e = unsafe { &*entry };
+    if fresh(cfg, key.proto, e, now) {
         return Some(entry);
     }
-    let other = partner_key(key, &e);
+    if e.flags & CT_NAT64 != 0 {
+        if crate::nat64::partner_alive(cfg, key, e, now) {
+            return Some(entry);
+        }
+        let _ = CT4.remove(key);
+        count(&NAT4_STATS, Nat4Verdict::Expired as u32, 0);
+        return None;
+    }
+    let other = partner_key(key, e);
     // SAFETY: as above.
-    let partner = CT4.get_ptr(other).map(|p| unsafe { *p });
+    let partner = CT4.get_ptr(other).map(|p| unsafe { &*p });
     let ours = partner.filter(|p| p.addr == back_addr(key) && p.port == back_port(key));
     if let Some(p) = ours {
-        if fresh(cfg, key.proto, &p, now) {
+        if fresh(cfg, key.proto, p, now) {
             return Some(entry);
         }
         let _ = CT4.remove(other);
@@ -411,13 +496,13 @@ fn back_port(key: &CtKey) -> u16 {
 }
 
 #[inline(always)]
-fn fresh(cfg: &Nat4Config, proto: u8, entry: &CtEntry, now: u64) -> bool {
+pub(crate) fn fresh(cfg: &Nat4Config, proto: u8, entry: &CtEntry, now: u64) -> bool {
     now.saturating_sub(entry.last_seen) <= cfg.timeout_ns(proto, entry.state)
 }
 
 /// Records a packet on a live entry: time, and the TCP state its flags move to.
 #[inline(always)]
-fn touch(entry: *mut CtEntry, proto: u8, tcp: u8, now: u64) {
+pub(crate) fn touch(entry: *mut CtEntry, proto: u8, tcp: u8, now: u64) {
     // SAFETY: pointer into the map value, valid during this run. Concurrent writers race
     // benignly: both write a current time or the same state.
     unsafe {
@@ -442,11 +527,11 @@ fn inbound(
     cfg: &Nat4Config,
     pkt: &Packet,
 ) -> Result<(Nat4Verdict, u32), Nat4Verdict> {
-    let head = l4_head(ctx)?;
+    let head = l4_head::<_, L3>(ctx)?;
     // SAFETY: l4_head checked the 8 bytes are inside the packet.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
     let (sport, dport, tcp) = match pkt.proto {
-        net::IPPROTO_TCP => (w0, w1, tcp_flags(ctx, pkt)?),
+        net::IPPROTO_TCP => (w0, w1, tcp_flags::<_, L3>(ctx, pkt)?),
         net::IPPROTO_UDP => (w0, w1, 0),
         net::IPPROTO_ICMP => match w0.to_ne_bytes()[0] {
             net::ICMP_ECHO_REPLY => (0, w2, 0),
@@ -475,22 +560,39 @@ fn inbound(
         Some(entry) => {
             touch(entry, pkt.proto, tcp, now);
             // SAFETY: a pointer into the map's value, valid during this program run.
-            (unsafe { *entry }, Nat4Verdict::In)
+            let e = unsafe { &*entry };
+            if e.flags & CT_NAT64 != 0 {
+                let action = crate::nat64::to_nat64_in(ctx, &key, false, false);
+                return Ok((Nat4Verdict::Nat64, action));
+            }
+            (
+                Xlat {
+                    addr: e.addr,
+                    port: e.port,
+                },
+                Nat4Verdict::In,
+            )
         }
         None => (new_forward(&key, tcp, now)?, Nat4Verdict::NewForward),
     };
     let route = tenant_route(entry.addr).ok_or(Nat4Verdict::PassNoState)?;
+    if route.flags & ROUTE4_VIA_KERNEL != 0 {
+        // Behind a link XDP cannot redirect to (a node's WireGuard tunnel): translated
+        // here, routed by the kernel (which decrements the TTL once more).
+        rewrite::<_, L3>(ctx, pkt, head, false, entry.addr, entry.port)?;
+        return Ok((verdict, xdp_action::XDP_PASS));
+    }
     if route.flags & ROUTE_NEIGH_KNOWN == 0 {
         return Err(Nat4Verdict::PassNoNeighbour);
     }
-    rewrite(ctx, pkt, head, false, entry.addr, entry.port)?;
+    rewrite::<_, L3>(ctx, pkt, head, false, entry.addr, entry.port)?;
     redirect(ctx, &route, verdict)
 }
 
 /// A new connection to a forwarded public port (TCP only on a SYN): both entries point at
 /// the tenant's target.
 #[inline(always)]
-fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
+fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<Xlat, Nat4Verdict> {
     if key.proto == net::IPPROTO_ICMP {
         return Err(Nat4Verdict::PassNoState);
     }
@@ -507,37 +609,22 @@ fn new_forward(key: &CtKey, tcp: u8, now: u64) -> Result<CtEntry, Nat4Verdict> {
         return Err(Nat4Verdict::PassNoState);
     }
     let route = tenant_route(target.addr).ok_or(Nat4Verdict::PassNoState)?;
-    let entry = CtEntry {
+    let entry = scratch_entry(target.addr, target.port, CT_PORT_FORWARD, now, 0)?;
+    let _ = CT4.insert(key, entry, BPF_ANY as u64);
+    let out_key = partner_key(key, entry);
+    let out = scratch_entry(key.dst, key.dport, CT_PORT_FORWARD, now, route.ifindex)?;
+    let _ = CT4.insert(out_key, out, BPF_ANY as u64);
+    Ok(Xlat {
         addr: target.addr,
         port: target.port,
-        state: 0,
-        flags: CT_PORT_FORWARD,
-        last_seen: now,
-        ifindex: 0,
-        pad: 0,
-        addr6: [0; 16],
-    };
-    let _ = CT4.insert(key, entry, BPF_ANY as u64);
-    let out_key = partner_key(key, &entry);
-    let out = CtEntry {
-        addr: key.dst,
-        port: key.dport,
-        state: 0,
-        flags: CT_PORT_FORWARD,
-        last_seen: now,
-        ifindex: route.ifindex,
-        pad: 0,
-        addr6: [0; 16],
-    };
-    let _ = CT4.insert(out_key, out, BPF_ANY as u64);
-    Ok(entry)
+    })
 }
 
 /// Rewrites source (`out`) or destination address and port, updating the IPv4 and L4
 /// checksums incrementally, and decrements the TTL.
 #[inline(always)]
-fn rewrite(
-    ctx: &XdpContext,
+fn rewrite<C: net::Packet, const OFF: usize>(
+    ctx: &C,
     pkt: &Packet,
     head: *mut L4Head,
     out: bool,
@@ -572,7 +659,7 @@ fn rewrite(
     match pkt.proto {
         net::IPPROTO_TCP => {
             let check: *mut u16 =
-                ptr_at(ctx, L4 + TCP_CSUM_OFF).ok_or(Nat4Verdict::PassMalformed)?;
+                ptr_at(ctx, OFF + Ipv4Hdr::LEN + TCP_CSUM_OFF).ok_or(Nat4Verdict::PassMalformed)?;
             // SAFETY: ptr_at checked the field is inside the packet.
             unsafe { *check = l4_delta.apply(*check) };
         }
@@ -600,7 +687,7 @@ fn rewrite(
 
 /// A computed UDP checksum of 0 is sent as all ones (0 means "no checksum").
 #[inline(always)]
-fn udp_check(check: u16) -> u16 {
+pub(crate) fn udp_check(check: u16) -> u16 {
     if check == 0 {
         0xffff
     } else {
@@ -609,8 +696,8 @@ fn udp_check(check: u16) -> u16 {
 }
 
 /// Offsets inside an ICMP error: the embedded IPv4 header and its first 8 L4 bytes.
-const INNER_L3: usize = L4 + 8;
-const INNER_L4: usize = INNER_L3 + Ipv4Hdr::LEN;
+pub(crate) const INNER_L3: usize = L4 + 8;
+pub(crate) const INNER_L4: usize = INNER_L3 + Ipv4Hdr::LEN;
 
 /// An ICMP error about a packet we translated (it quotes that packet as sent: from the
 /// public address). Translates the outer destination and the quoted source, fixing the
@@ -665,15 +752,19 @@ fn icmp_error(
     };
     let entry = lookup_live(cfg, &key, now()).ok_or(Nat4Verdict::PassNoState)?;
     // SAFETY: pointer into the map value, valid during this run.
-    let entry = unsafe { *entry };
+    let entry = unsafe { &*entry };
     if pkt.ttl <= 1 {
         return Err(Nat4Verdict::PassTtl);
+    }
+    if entry.flags & CT_NAT64 != 0 {
+        let action = crate::nat64::to_nat64_in(ctx, &key, true, quotes_tcp_check);
+        return Ok((Nat4Verdict::Nat64, action));
     }
     let route = tenant_route(entry.addr).ok_or(Nat4Verdict::PassNoState)?;
     if route.flags & ROUTE_NEIGH_KNOWN == 0 {
         return Err(Nat4Verdict::PassNoNeighbour);
     }
-    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, &entry, quotes_tcp_check)?;
+    let icmp_delta = rewrite_quoted(ctx, inner, inner_l4, proto, entry, quotes_tcp_check)?;
     // SAFETY: the outer ICMP header is the checked head.
     unsafe { (*head).word1 = icmp_delta.apply((*head).word1) };
     // The outer header: destination and TTL, as for any incoming packet (the ICMP header
@@ -728,7 +819,7 @@ fn rewrite_quoted(
             net::IPPROTO_TCP => {
                 // The quoted TCP checksum is only there when the router quoted enough.
                 let check =
-                    ptr_at::<u16>(ctx, INNER_L4 + TCP_CSUM_OFF).filter(|_| quotes_tcp_check);
+                    ptr_at::<u16, _>(ctx, INNER_L4 + TCP_CSUM_OFF).filter(|_| quotes_tcp_check);
                 if let Some(check) = check {
                     let new = l4_delta.apply(*check);
                     delta = delta.word(*check, new);
@@ -778,7 +869,7 @@ fn redirect(
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
 }

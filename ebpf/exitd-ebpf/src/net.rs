@@ -1,6 +1,6 @@
 //! Packet headers and bounds-checked access to them.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -36,10 +36,38 @@ impl Ipv6Hdr {
     pub const LEN: usize = 40;
 }
 
+/// A program context with direct packet access (XDP and TC).
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `offset` in the packet, or None when it would reach past the end.
 /// The explicit comparison against `data_end` is what lets the verifier accept the access.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Packet>(ctx: &C, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -100,7 +128,7 @@ pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// Reads the EtherType of the frame, or None when the frame is shorter than a header.
 #[inline(always)]
-pub fn ether_type(ctx: &XdpContext) -> Option<u16> {
+pub fn ether_type<C: Packet>(ctx: &C) -> Option<u16> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     Some(u16::from_be(unsafe { (*eth).ether_type }))
@@ -135,6 +163,49 @@ impl CsumDelta {
         )
     }
 
+    /// Adds a 32-bit partial sum (of words as stored).
+    #[inline(always)]
+    pub const fn plus(self, sum: u32) -> CsumDelta {
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let folded = (folded & 0xffff) + (folded >> 16);
+        self.word(0, folded as u16)
+    }
+
+    /// Subtracts a 32-bit partial sum.
+    #[inline(always)]
+    pub const fn minus(self, sum: u32) -> CsumDelta {
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let folded = (folded & 0xffff) + (folded >> 16);
+        self.word(folded as u16, 0)
+    }
+
+    /// An IPv6 address replaced by another (pass zeros to add or remove one).
+    #[inline(always)]
+    pub const fn addr16(self, old: [u8; 16], new: [u8; 16]) -> CsumDelta {
+        let mut d = self;
+        let mut i = 0;
+        while i < 16 {
+            d = d.word(
+                u16::from_ne_bytes([old[i], old[i + 1]]),
+                u16::from_ne_bytes([new[i], new[i + 1]]),
+            );
+            i += 2;
+        }
+        d
+    }
+
+    /// An IPv4 address replaced by an IPv6 one, as when a pseudo-header changes family.
+    #[inline(always)]
+    pub const fn addr4_to_16(self, old: [u8; 4], new: [u8; 16]) -> CsumDelta {
+        self.addr(old, [0; 4]).addr16([0; 16], new)
+    }
+
+    /// An IPv6 address replaced by an IPv4 one.
+    #[inline(always)]
+    pub const fn addr16_to_4(self, old: [u8; 16], new: [u8; 4]) -> CsumDelta {
+        self.addr16(old, [0; 16]).addr([0; 4], new)
+    }
+
     /// The checksum field after the recorded changes.
     #[inline(always)]
     pub const fn apply(self, check: u16) -> u16 {
@@ -143,4 +214,31 @@ impl CsumDelta {
         sum = (sum & 0xffff) + (sum >> 16);
         !(sum as u16)
     }
+}
+
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_PARAM_PROBLEM: u8 = 4;
+
+/// The Internet checksum of `words` (16-bit words as stored), not complemented: the sum a
+/// header checksum is the complement of.
+#[inline(always)]
+pub fn sum_words<const N: usize>(words: &[u16; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < N {
+        sum += words[i] as u32;
+        i += 1;
+    }
+    sum
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits and complements it.
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    let mut s = (sum & 0xffff) + (sum >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }

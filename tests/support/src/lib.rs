@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod packet4;
+pub mod packet6;
 pub mod pins;
 pub mod process;
 pub mod proxy;
@@ -19,7 +20,7 @@ pub use etcd::Etcd;
 pub use netns::{NetNs, veth_pair};
 pub use pins::TestPins;
 pub use tempfile::TempFile;
-pub use testrun::{XdpRun, run_xdp, run_xdp_on};
+pub use testrun::{XdpRun, run_tc, run_xdp, run_xdp_on};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,7 +1,7 @@
 //! Running a loaded program on a hand-built packet with BPF_PROG_TEST_RUN.
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 
 /// The result of one test run of an XDP program.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,4 +61,27 @@ pub fn xdp_md(packet_len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect()
+}
+
+/// TC actions, named.
+pub mod tc_action {
+    pub const OK: u32 = 0;
+    pub const SHOT: u32 = 2;
+    pub const REDIRECT: u32 = 7;
+}
+
+/// Runs a loaded TC classifier once on the Ethernet frame `packet` (a test run always
+/// hands TC programs a frame with an Ethernet header). The result's `verdict` is the TC
+/// action (see [`tc_action`]).
+pub fn run_tc(program: &SchedClassifier, packet: &[u8]) -> Result<XdpRun> {
+    let mut out = vec![0u8; packet.len() + 512];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN failed")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(XdpRun {
+        verdict: result.return_value,
+        packet: out,
+    })
 }
