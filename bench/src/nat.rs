@@ -156,7 +156,7 @@ fn nat_table(tenant_if: u32, up_if: u32) -> Nat4Table {
 }
 
 /// Writes `table` and its egress ports into a loaded object's maps.
-fn configure(ebpf: &mut Ebpf, table: &Nat4Table) -> Result<Nat4Maps> {
+pub(crate) fn configure(ebpf: &mut Ebpf, table: &Nat4Table) -> Result<Nat4Maps> {
     let mut fwd = Fwd6Maps::take_from(ebpf)?;
     let mut ports = Fwd6Table::default();
     ports.ports.extend(table.ports());

@@ -22,6 +22,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the kernel NAT baseline in tests and benchmarks",
     ),
     ("ethtool", "interface offload settings in tests"),
+    (
+        "tayga",
+        "the userspace NAT64 baseline of `cargo xtask bench nat64`",
+    ),
     ("curl", "a real HTTP client through the NAT in tests"),
     ("traceroute", "traceroute through the NAT in tests"),
     (

@@ -5,6 +5,7 @@ mod broker;
 mod dataplane;
 mod failover;
 mod nat;
+mod nat64;
 pub mod readme;
 
 use anyhow::{Result, bail};
@@ -18,6 +19,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("broker", broker::run),
     ("failover", failover::run),
     ("nat", nat::run),
+    ("nat64", nat64::run),
 ];
 
 pub fn run(root: &Path, names: &[String]) -> Result<()> {
