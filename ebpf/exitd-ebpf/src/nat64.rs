@@ -823,13 +823,13 @@ fn forward<const L3: usize>(
             return Err(Nat64Verdict::DropResize);
         }
     }
-    let eth = EthHdr {
-        dst: up.dst_mac,
-        src: up.src_mac,
-        ether_type: net::ETH_P_IP.to_be(),
-    };
-    ctx.store(0, &eth, 0)
-        .map_err(|_| Nat64Verdict::DropResize)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Nat64Verdict::DropResize)?;
+    // SAFETY: ptr_at checked the header (written in place: no helper call).
+    unsafe {
+        (*eth).dst = up.dst_mac;
+        (*eth).src = up.src_mac;
+        (*eth).ether_type = net::ETH_P_IP.to_be();
+    }
     // SAFETY: helper without memory arguments.
     let action = unsafe { bpf_redirect(up.ifindex, 0) } as i32;
     Ok((verdict, action))
